@@ -1,0 +1,122 @@
+"""Build, load and bind ONNX Runtime engines.
+
+An ORT "engine" is an ONNX file ready to load: fp32 is the graph-optimized model (ORT's extended level, which stays
+portable across CPUs; the layout-specific level is applied at load time), fp16 is the model converted to fp16 with
+fp32 inputs/outputs so it chains with any neighbour, and int8 is a static QDQ model written by
+``onnxruntime.quantization`` from the block's own calibration ranges (``calibration.qdq``).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from legocompile.backends.onnxrt.session import create_session, ort_compat, session_options
+from legocompile.errors import LegoCompileError
+from legocompile.export import INPUT_NAME, OUTPUT_NAME
+from legocompile.workspace import atomic_produce
+
+
+@dataclass
+class OrtBuffer:
+    """A float32 numpy array and the OrtValue that shares its memory."""
+
+    array: np.ndarray
+    value: object
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+
+class OrtEngine:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.session = create_session(self.path)
+
+    def bind(self, src: OrtBuffer, dst: OrtBuffer) -> Callable[[], None]:
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(INPUT_NAME, src.value)
+        binding.bind_ortvalue_output(OUTPUT_NAME, dst.value)
+        # The binding points at the buffers' memory without owning it: the returned callable keeps them alive.
+        keep_alive = (binding, src, dst)
+
+        def run(_run=self.session._sess.run_with_iobinding, _native=binding._iobinding, _opts=ort.RunOptions(),
+                _keep=keep_alive) -> None:
+            _run(_native, _opts)  # the C++ call directly: the Python wrapper adds per-call checks
+
+        return run
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Convenience (allocating) run, for checks and accuracy profiling."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    engine_suffix = ".onnx"
+
+    def fingerprint(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            "backend": self.name,
+            "onnxruntime": ort.__version__,
+            "machine": platform.machine(),
+            "processor": _cpu_model(),
+        }
+
+    def build(self, onnx_path: Path, precision: str, out_path: Path, *, ranges=None) -> None:
+        if precision == "fp32":
+            atomic_produce(out_path, lambda tmp: _optimize(onnx_path, tmp))
+        elif precision == "fp16":
+            atomic_produce(out_path, lambda tmp: _to_fp16(onnx_path, tmp))
+        elif precision == "int8":
+            if ranges is None:
+                raise LegoCompileError("int8 engines need calibration ranges")
+            from calibration.qdq import quantize_qdq
+
+            with ort_compat():
+                atomic_produce(out_path, lambda tmp: quantize_qdq(onnx_path, tmp, ranges))
+        else:
+            raise LegoCompileError(f"onnxruntime backend: unknown precision {precision!r}")
+
+    def load(self, engine_path: Path) -> OrtEngine:
+        return OrtEngine(engine_path)
+
+    def allocate(self, shape: tuple[int, ...]) -> OrtBuffer:
+        import onnxruntime as ort
+
+        array = np.zeros(shape, dtype=np.float32)
+        return OrtBuffer(array, ort.OrtValue.ortvalue_from_numpy(array))
+
+
+def _optimize(onnx_path: Path, out: Path) -> None:
+    import onnxruntime as ort
+
+    so = session_options(optimization="extended")
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def _to_fp16(onnx_path: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(model, str(out))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
