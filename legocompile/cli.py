@@ -1,0 +1,269 @@
+"""The ``legocompile`` command. The only module that prints: tables and progress bars on stderr/stdout, or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from legocompile.errors import LegoCompileError
+
+
+# ------------------------------------------------------------------------------------------------------ output
+class RichProgress:
+    """Progress bars on stderr, one per stage."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int) -> Iterator:
+        if not self.enabled:
+            yield lambda n=1: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=False,
+        ) as bar:
+            task = bar.add_task(name, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _emit(args, doc: dict, render) -> None:
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(doc)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+# ------------------------------------------------------------------------------------------------------ build & stages
+def _build(args, until: str = "bundle") -> None:
+    from legocompile.config import normalize_precisions
+    from legocompile.pipeline import BuildReport, compile
+    from legocompile.project import resolve_project, with_overrides
+
+    project = resolve_project(args.config)
+    precisions = normalize_precisions(args.precision, "--precision") if args.precision else None
+    project = with_overrides(project, precisions=precisions, out=args.out)
+    cfg = project.config
+    progress = RichProgress(enabled=not args.quiet)
+    t0 = time.perf_counter()
+    model = project.load_model()
+    calib, eval_data = project.load_data()
+    report = BuildReport(bundle=cfg.build.out)
+    compile(
+        model,
+        project.example_input(),
+        calibration_data=calib,
+        eval_data=eval_data,
+        out=cfg.build.out,
+        blocks=cfg.blocks.cut,
+        max_blocks=cfg.blocks.max_blocks,
+        precisions=cfg.build.precisions,
+        backend=cfg.build.backend,
+        work_dir=cfg.build.work_dir,
+        calibration=cfg.calibration,
+        profile=cfg.profile,
+        model_name=cfg.model.name,
+        data_provider=cfg.data_provider if not project.is_example else "legocompile.examples.digits:dataset",
+        progress=progress,
+        report=report,
+        until=until,
+    )
+    elapsed = time.perf_counter() - t0
+    doc = {"stage": until, "work_dir": str(cfg.build.work_dir), "built": report.built, "cached": report.cached,
+           "seconds": round(elapsed, 2)}
+    if until == "bundle":
+        from legocompile.bundle import read_bundle
+        from legocompile.inspect import summary
+
+        doc = {**doc, "bundle": str(cfg.build.out), **summary(read_bundle(cfg.build.out, verify=False))}
+
+    def render(d):
+        c = _console()
+        if until == "bundle":
+            _render_summary(d)
+            c.print(f"bundle: [bold]{d['bundle']}[/]")
+        built = ", ".join(f"{k} {v}" for k, v in d["built"].items()) or "nothing"
+        cached = ", ".join(f"{k} {v}" for k, v in d["cached"].items()) or "nothing"
+        c.print(f"built: {built}; cached: {cached}; {d['seconds']:.1f} s")
+
+    _emit(args, doc, render)
+
+
+def _render_summary(d: dict) -> None:
+    from rich.table import Table
+
+    c = _console()
+    t = d["teacher"]
+    c.print(f"[bold]{d['model']}[/]: teacher top-1 {t['accuracy'] * 100:.2f}% on {t['num_eval']} samples, "
+            f"chained fp32 latency {t['latency_ms']:.3f} ms")
+    table = Table("block", "variant", "precision", "params", "latency ms (p90)", "memory", "acc. drop", "export err")
+    for b in d["blocks"]:
+        for k, o in enumerate(b["options"]):
+            table.add_row(
+                b["name"] if k == 0 else "", o["variant"], o["precision"], f"{o['params']:,}",
+                f"{o['latency_ms']:.3f} ({o['latency_p90_ms']:.3f})", _mb(o["memory_bytes"]),
+                f"{o['accuracy_drop'] * 100:+.2f} pt", f"{o['export_max_abs_err']:.1e}",
+            )
+    c.print(table)
+    if d.get("additivity"):
+        a = d["additivity"]
+        c.print(f"additivity: mean |predicted - measured| accuracy = {a['mean_abs_error'] * 100:.2f} pt over {a['num_selections']} selections")
+
+
+def cmd_inspect(args) -> None:
+    from legocompile.bundle import read_bundle
+    from legocompile.inspect import summary
+
+    doc = summary(read_bundle(args.bundle, verify=not args.no_verify))
+    _emit(args, doc, _render_summary)
+
+
+# ------------------------------------------------------------------------------------------------------ optimize & run
+def _render_selection(d: dict) -> None:
+    from rich.table import Table
+
+    c = _console()
+    table = Table("block", "variant", "precision")
+    for s in d["selection"]:
+        table.add_row(s["block"], s["variant"], s["precision"])
+    c.print(table)
+    p = d["predicted"]
+    line = f"predicted: top-1 {p['accuracy'] * 100:.2f}%, latency {p['latency_ms']:.3f} ms, memory {_mb(p['memory_bytes'])}"
+    c.print(line)
+    if "measured" in d:
+        m = d["measured"]
+        c.print(f"measured:  top-1 {m['accuracy'] * 100:.2f}%, latency {m['latency_ms']:.3f} ms "
+                f"(p90 {m['latency_p90_ms']:.3f}, {m['runs']} runs)")
+
+
+
+
+def cmd_optimize(args) -> None:
+    from legocompile.optimize.select import select_options
+
+    from legocompile.bundle import read_bundle
+
+    manifest = read_bundle(args.bundle, verify=False)
+    sel = select_options(manifest, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    _emit(args, sel.to_json(), _render_selection)
+
+
+def cmd_run(args) -> None:
+    import numpy as np
+
+    from legocompile.profile import measure_latency, top1
+    from legocompile.project import load_dataset, resolve_project
+    from legocompile.runtime import Runtime
+
+    rt = Runtime.load(args.bundle)
+    sel = rt.select(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    provider = rt.manifest.extra.get("data_provider")
+    if args.config:
+        provider_root = resolve_project(args.config).config
+        calib, (ex, ey) = load_dataset(provider_root.data_provider, search_path=provider_root.root)
+    elif provider:
+        calib, (ex, ey) = load_dataset(provider, search_path=Path.cwd())
+    else:
+        raise LegoCompileError("the bundle records no dataset provider; pass --config with a [data].provider")
+    ex = np.ascontiguousarray(ex, dtype=np.float32)
+    acc = top1(rt.predict(ex), np.asarray(ey))
+    batch = rt.manifest.input.shape[0]
+    x = ex[:batch]
+    lat = measure_latency(lambda: rt(x), warmup=20, runs=args.runs)
+    doc = sel.to_json() | {"measured": {"accuracy": acc, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms,
+                                        "runs": lat.runs, "batch_size": batch}}
+    _emit(args, doc, _render_selection)
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON document on stdout instead of tables")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from legocompile import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="legocompile",
+        description="Compile a block-switchable CNN into fp32/fp16/int8 engines, profile them, and run the bundle.",
+    )
+    parser.add_argument("--version", action="version", version=f"legocompile {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stages = {
+        "build": ("all stages, skipping what is cached, and write the bundle", "bundle"),
+        "export": ("cut the model into blocks and export each block to ONNX", "export"),
+        "calibrate": ("export, then compute int8 calibration ranges per block", "calibrate"),
+        "profile": ("export, calibrate, build engines and profile them (no bundle)", "profile"),
+    }
+    for name, (help_text, until) in stages.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="project file (default: ./legocompile.toml, else the built-in example)")
+        p.add_argument("--precision", help="comma-separated: fp32,fp16,int8 (fp32 is always built)")
+        p.add_argument("--out", help="bundle folder (default from the project, else ./legocompile-out)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        _add_common(p)
+        p.set_defaults(func=lambda a, until=until: _build(a, until))
+
+    p = sub.add_parser("inspect", help="summarise a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    _add_common(p)
+    p.set_defaults(func=cmd_inspect)
+
+    for name, func, help_text in (
+        ("optimize", cmd_optimize, "choose one engine per block under a budget (from the profiles)"),
+        ("run", cmd_run, "select under a budget, then measure latency and accuracy on the evaluation split"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("bundle")
+        p.add_argument("--latency-ms", type=float, help="budget on the sum of block latencies (ms)")
+        p.add_argument("--memory-mb", type=float, help="budget on the sum of engine memory (MB)")
+        if name == "run":
+            p.add_argument("--config", help="project file whose [data].provider gives the evaluation split")
+            p.add_argument("--runs", type=int, default=200, help="timed end-to-end runs (default 200)")
+        _add_common(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except LegoCompileError as e:
+        print(f"legocompile: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("legocompile: interrupted (finished artefacts are cached; rerun to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
