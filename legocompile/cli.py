@@ -40,7 +40,10 @@ class RichProgress:
 def _console():
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped: don't wrap tables at rich's 80-column default
+        console = Console(width=120)
+    return console
 
 
 def _emit(args, doc: dict, render) -> None:
@@ -117,13 +120,13 @@ def _render_summary(d: dict) -> None:
     t = d["teacher"]
     c.print(f"[bold]{d['model']}[/]: teacher top-1 {t['accuracy'] * 100:.2f}% on {t['num_eval']} samples, "
             f"chained fp32 latency {t['latency_ms']:.3f} ms")
-    table = Table("block", "variant", "precision", "params", "latency ms (p90)", "memory", "acc. drop", "export err")
+    table = Table("block", "option", "params", "ms", "p90 ms", "MB", "Δacc pt", "export err", box=None)
     for b in d["blocks"]:
         for k, o in enumerate(b["options"]):
             table.add_row(
-                b["name"] if k == 0 else "", o["variant"], o["precision"], f"{o['params']:,}",
-                f"{o['latency_ms']:.3f} ({o['latency_p90_ms']:.3f})", _mb(o["memory_bytes"]),
-                f"{o['accuracy_drop'] * 100:+.2f} pt", f"{o['export_max_abs_err']:.1e}",
+                b["name"] if k == 0 else "", f"{o['variant']}/{o['precision']}", f"{o['params']:,}",
+                f"{o['latency_ms']:.3f}", f"{o['latency_p90_ms']:.3f}", f"{o['memory_bytes'] / 1e6:.2f}",
+                f"{o['accuracy_drop'] * 100:+.2f}", f"{o['export_max_abs_err']:.1e}",
             )
     c.print(table)
     if d.get("additivity"):

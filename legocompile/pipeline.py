@@ -85,7 +85,7 @@ def _as_array(data, what: str) -> np.ndarray:
     arr = np.asarray(data)
     if arr.dtype.kind != "f" or arr.ndim < 2:
         raise LegoCompileError(f"{what} must be a float array shaped (N, ...), got dtype {arr.dtype}, shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.array(arr, dtype=np.float32, order="C")  # an owned, writable copy
 
 
 def compile(  # noqa: A001 - the public name the API promises
@@ -141,10 +141,6 @@ def compile(  # noqa: A001 - the public name the API promises
     report = report if report is not None else BuildReport(bundle=out)
     be = get_backend(backend)
     fingerprint = be.fingerprint()
-    if backend == "onnxruntime":
-        from legocompile.backends.onnxrt import configure_threads
-
-        configure_threads(profile.threads)
 
     calib_x = _as_array(calibration_data, "calibration_data")[: calibration.num_samples]
     eval_x = _as_array(eval_data[0], "eval inputs")

@@ -2,6 +2,5 @@
 
 from legocompile.profile.accuracy import top1
 from legocompile.profile.latency import LatencyStats, measure_latency
-from legocompile.profile.memory import measure_memory
 
-__all__ = ["LatencyStats", "measure_latency", "measure_memory", "top1"]
+__all__ = ["LatencyStats", "measure_latency", "top1"]

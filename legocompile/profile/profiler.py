@@ -1,23 +1,24 @@
 """The profile stage: latency, resident memory and accuracy drop of every engine, measured here.
 
-* Latency: each engine bound to preallocated boundary buffers exactly as the runtime binds it, fed a real block
-  input, timed in interleaved rounds (warm-up, then ``runs`` timed calls; median and p90).
-* Memory: :func:`legocompile.profile.memory.measure_memory` (fresh process per engine).
+* Latency and memory: measured in the profiling probe (:mod:`legocompile.profile.probe`), a fresh process set up like
+  the Runtime: engines bound to preallocated boundary buffers, real block inputs, interleaved timing rounds.
 * Accuracy drop: top-1 of the teacher chain (all original fp32 engines) minus top-1 of the same chain with this
-  engine in place of block i, on the evaluation split.
+  engine in place of block i, on the evaluation split (in this process).
 
 Every result is cached by the engine's sha256, the device fingerprint and the settings.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from legocompile.profile.accuracy import top1
-from legocompile.profile.latency import interleaved_latency, measure_latency
-from legocompile.profile.memory import measure_memory
+from legocompile.profile.probe import ProbeEngine, run_probe
 from legocompile.workspace import Workspace, atomic_write_json, content_key
 
 EVAL_BATCH = 256
@@ -25,6 +26,13 @@ EVAL_BATCH = 256
 
 def _run_batched(engine, x: np.ndarray) -> np.ndarray:
     return np.concatenate([engine.run(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+
+
+def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
+    """Run blocks ``start..`` of the chain given by ``keys`` on ``x`` (block ``start``'s input)."""
+    for k in keys[start:]:
+        x = _run_batched(load(k), x)
+    return x
 
 
 def profile_engines(
@@ -44,17 +52,20 @@ def profile_engines(
     n = len(chain)
     batch = settings.batch_size
     prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads}
-    keys = {k: content_key("profile", e["sha256"], fingerprint, prof_settings) for k, e in engines.items()}
-    paths = {k: ws.path("profiles", key, ".json") for k, key in keys.items()}
-    results: dict[tuple[int, str, str], dict] = {}
-    for k, p in paths.items():
-        if p.exists():
-            import json
-
-            results[k] = json.loads(p.read_text())
+    teacher_keys = [(i, "s0", "fp32") for i in range(n)]
+    paths = {k: ws.path("profiles", content_key("profile", e["sha256"], fingerprint, prof_settings), ".json")
+             for k, e in engines.items()}
+    teacher_path = ws.path(
+        "profiles",
+        content_key("teacher", [engines[k]["sha256"] for k in teacher_keys], fingerprint, prof_settings, eval_y),
+        ".json",
+    )
+    results = {k: json.loads(p.read_text()) for k, p in paths.items() if p.exists()}
     todo = [k for k in engines if k not in results]
     for k in engines:
         report.count("profile", k not in todo)
+    if not todo and teacher_path.exists():
+        return results, json.loads(teacher_path.read_text())
 
     loaded: dict[tuple[int, str, str], Any] = {}
 
@@ -63,69 +74,44 @@ def profile_engines(
             loaded[k] = backend.load(engines[k]["path"])
         return loaded[k]
 
-    teacher_keys = [(i, "s0", "fp32") for i in range(n)]
-    teacher_key = content_key("teacher", [engines[k]["sha256"] for k in teacher_keys], fingerprint, prof_settings, eval_y)
-
-    def teacher_outputs() -> list[np.ndarray]:
-        """Outputs of the original fp32 engines on the teacher's block inputs (block i's output on eval_in[i])."""
-        return [_run_batched(load(k), eval_in[i]) for i, k in enumerate(teacher_keys)]
-
-    if todo:
-        ref_out = teacher_outputs()
-        teacher_acc = top1(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
-
-        with progress.stage("profile accuracy", len(todo)) as advance:
-            for k in todo:
-                i = k[0]
-                out = _run_batched(load(k), eval_in[i])
-                logits = _chain_from(load, teacher_keys, i + 1, out)
-                results[k] = {
-                    "accuracy_drop": teacher_acc - top1(logits, eval_y),
-                    "output_max_abs_err": float(np.max(np.abs(out - ref_out[i]))),
-                }
-                advance()
-
-        with progress.stage("profile latency", 1) as advance:
-            runs = {}
-            for k in todo:
-                src = backend.allocate((batch, *chain[k[0]].input_shape[1:]))
-                dst = backend.allocate((batch, *chain[k[0]].output_shape[1:]))
-                src.numpy()[...] = eval_in[k[0]][:batch]
-                runs[k] = load(k).bind(src, dst)
-            stats = interleaved_latency(runs, warmup=settings.warmup, runs=settings.runs)
-            for k in todo:
-                results[k].update(latency_ms=stats[k].median_ms, latency_p90_ms=stats[k].p90_ms)
-            advance()
-
-        with progress.stage("profile memory", 1) as advance:
-            shapes = [(engines[k]["path"], (batch, *chain[k[0]].input_shape[1:])) for k in todo]
-            for k, mem in zip(todo, measure_memory(shapes, threads=settings.threads)):
-                results[k]["memory_bytes"] = int(mem)
-            advance()
-
+    teacher_acc = top1(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
+    ref_out = {}
+    with progress.stage("profile accuracy", len(todo)) as advance:
         for k in todo:
+            i = k[0]
+            if i not in ref_out:
+                ref_out[i] = _run_batched(load(teacher_keys[i]), eval_in[i])
+            out = _run_batched(load(k), eval_in[i])
+            logits = _chain_from(load, teacher_keys, i + 1, out)
+            results[k] = {
+                "accuracy_drop": teacher_acc - top1(logits, eval_y),
+                "output_max_abs_err": float(np.max(np.abs(out - ref_out[i]))),
+            }
+            advance()
+
+    # Latency and memory of the engines still to do, plus the teacher chain, in one probe run.
+    probe_keys = list(dict.fromkeys(todo + teacher_keys))
+    with progress.stage("profile latency+memory", 1) as advance, tempfile.TemporaryDirectory() as tmp:
+        inputs = {}
+        for i in {k[0] for k in probe_keys}:
+            inputs[i] = Path(tmp) / f"in{i}.npy"
+            np.save(inputs[i], np.ascontiguousarray(eval_in[i][:batch]))
+        probe_engines = [
+            ProbeEngine(engines[k]["path"], (batch, *chain[k[0]].input_shape[1:]),
+                        (batch, *chain[k[0]].output_shape[1:]), inputs[k[0]])
+            for k in probe_keys
+        ]
+        measured = run_probe(probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
+                             chains=[[probe_keys.index(k) for k in teacher_keys]])
+        advance()
+    for j, k in enumerate(probe_keys):
+        if k in results and k in todo:
+            lat = measured["latency"][j]
+            results[k].update(latency_ms=lat["latency_ms"], latency_p90_ms=lat["latency_p90_ms"],
+                              memory_bytes=int(measured["memory_bytes"][j]))
             atomic_write_json(paths[k], results[k])
-
-    def compute_teacher() -> dict:
-        acc = top1(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
-        bufs = [backend.allocate((batch, *chain[0].input_shape[1:]))]
-        bufs += [backend.allocate((batch, *b.output_shape[1:])) for b in chain]
-        bufs[0].numpy()[...] = eval_in[0][:batch]
-        bound = [load(k).bind(bufs[i], bufs[i + 1]) for i, k in enumerate(teacher_keys)]
-
-        def run_chain():
-            for r in bound:
-                r()
-
-        lat = measure_latency(run_chain, warmup=settings.warmup, runs=settings.runs)
-        return {"accuracy": acc, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms, "num_eval": int(len(eval_y))}
-
-    teacher, _ = ws.cached_json("profiles", teacher_key, compute_teacher)
-    return results, dict(teacher)
-
-
-def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
-    """Run blocks ``start..`` of the chain given by ``keys`` on ``x`` (block ``start``'s input)."""
-    for k in keys[start:]:
-        x = _run_batched(load(k), x)
-    return x
+    chain_lat = measured["chains"][0]
+    teacher = {"accuracy": teacher_acc, "latency_ms": chain_lat["latency_ms"],
+               "latency_p90_ms": chain_lat["latency_p90_ms"], "num_eval": int(len(eval_y))}
+    atomic_write_json(teacher_path, teacher)
+    return results, teacher

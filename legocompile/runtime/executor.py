@@ -45,10 +45,17 @@ class _ThreadState(threading.local):
 class Runtime:
     """A loaded bundle. ``rt.select(latency_ms=..., memory_mb=...)`` then ``y = rt(x)``."""
 
-    def __init__(self, root: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+    def __init__(
+        self, root: Path, manifest: Manifest, *, threads: int | None = None, shared_threads: bool | None = None
+    ) -> None:
+        from legocompile.backends.onnxrt import configure_threads
+
         self.root = Path(root)
         self.manifest = manifest
         self._threads = threads or manifest.settings.get("profile", {}).get("threads")
+        # Chained sessions share one ORT thread pool (see backends/onnxrt/session.py for the measurements). After
+        # this, other ORT sessions in the process must opt in: build them from legocompile's session_options().
+        configure_threads(self._threads, shared=shared_threads)
         self._backends: dict[str, Any] = {}
         self._engines: dict[tuple[int, str, str], Any] = {}
         self._load_lock = threading.Lock()
@@ -60,10 +67,19 @@ class Runtime:
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True, threads: int | None = None) -> "Runtime":
-        """Open a bundle (checking schema and checksums) and select the all-fp32 original chain."""
+    def load(
+        cls, path: str | Path, *, verify: bool = True, threads: int | None = None, shared_threads: bool | None = None
+    ) -> "Runtime":
+        """Open a bundle (checking schema and checksums) and select the all-fp32 original chain.
+
+        Args:
+            threads: ORT intra-op threads (default: the count the bundle was profiled with).
+            shared_threads: one process-wide ORT pool for all engines (default on; the environment variable
+                ``LEGOCOMPILE_SHARED_THREADPOOL=0`` turns it off). Off, each engine has its own pool with spinning
+                off, which is slower to chain but leaves other ORT users in the process unconstrained.
+        """
         manifest = read_bundle(path, verify=verify)
-        return cls(Path(path), manifest, threads=threads)
+        return cls(Path(path), manifest, threads=threads, shared_threads=shared_threads)
 
     def _engine(self, index: int, option: OptionEntry) -> Any:
         key = (index, option.variant, option.precision)
@@ -75,10 +91,6 @@ class Runtime:
                     backend = self._backends.get(option.backend)
                     if backend is None:
                         backend = self._backends[option.backend] = get_backend(option.backend)
-                        if option.backend == "onnxruntime":
-                            from legocompile.backends.onnxrt import configure_threads
-
-                            configure_threads(self._threads)
                     engine = backend.load(self.root / option.engine)
                     self._engines[key] = engine
         return engine

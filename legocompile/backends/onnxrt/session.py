@@ -31,31 +31,40 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def configure_threads(threads: int | None = None) -> bool:
-    """Create the process-wide ORT thread pool once; return True if sessions can share it."""
+def shared_pool_default() -> bool:
+    """Whether a Runtime uses the shared pool unless told otherwise (``LEGOCOMPILE_SHARED_THREADPOOL=0`` turns it off)."""
+    return os.environ.get("LEGOCOMPILE_SHARED_THREADPOOL", "1") not in ("0", "false", "no")
+
+
+def configure_threads(threads: int | None = None, *, shared: bool | None = None) -> bool:
+    """Decide this process's ORT threading once; return True if sessions share the process-wide pool.
+
+    Only applications (the Runtime, the profiling probe) call this: a process that merely builds keeps ORT's
+    defaults, so it never forces other ORT users in the process to opt in to a global pool.
+    """
     import onnxruntime.capi._pybind_state as C
 
     with _lock:
         if _state["global"] is not None:
             if threads is not None and threads != _state["threads"]:
-                logger.debug("ORT thread pool already has %s threads; keeping it", _state["threads"])
+                logger.debug("ORT threading already set to %s threads; keeping it", _state["threads"])
             return _state["global"]
         n = threads or default_threads()
-        try:
-            C.set_global_thread_pool_sizes(n, 1)
-            _state["global"] = True
-        except Exception as e:  # pools created elsewhere in this process
-            logger.warning("ORT global thread pool unavailable (%s); using per-session pools, spinning off", e)
-            _state["global"] = False
         _state["threads"] = n
+        _state["global"] = False
+        if shared_pool_default() if shared is None else shared:
+            try:
+                C.set_global_thread_pool_sizes(n, 1)
+                _state["global"] = True
+            except Exception as e:  # pools created elsewhere in this process
+                logger.warning("ORT global thread pool unavailable (%s); using per-session pools, spinning off", e)
         return _state["global"]
 
 
 def session_options(*, optimization: str = "all", threads: int | None = None):
-    """SessionOptions for a chained engine (see module docstring)."""
+    """SessionOptions for a chained engine: the shared pool if this process set it up, else own threads, no spinning."""
     import onnxruntime as ort
 
-    use_global = configure_threads(threads)
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -63,10 +72,10 @@ def session_options(*, optimization: str = "all", threads: int | None = None):
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     }[optimization]
     so.log_severity_level = 3
-    if use_global:
+    if _state["global"]:
         so.use_per_session_threads = False
     else:
-        so.intra_op_num_threads = _state["threads"]
+        so.intra_op_num_threads = threads or _state["threads"] or default_threads()
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so

@@ -1,0 +1,94 @@
+"""Shared fixtures: one tiny bundle built once per test session, from a real (if tiny) trained-looking chain.
+
+The test process is an ordinary ORT user: many tests create plain ``onnxruntime.InferenceSession``s, which ORT
+refuses once a process-wide thread pool exists. So Runtimes here use per-session pools
+(``LEGOCOMPILE_SHARED_THREADPOOL=0``); the shared-pool path is tested in a subprocess (test_runtime.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LEGOCOMPILE_SHARED_THREADPOOL", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = _has_gpu()
+    trt = _has_tensorrt()
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (none here)"))
+        if "tensorrt" in item.keywords and not trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (not installed)"))
+
+
+def _has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """Digits at 32x32: 128 calibration inputs and 200 evaluation samples (real data, offline)."""
+    from legocompile.examples.digits import load_splits
+
+    s = load_splits()
+    return s.x_train[:128], (s.x_test[:200], s.y_test[:200])
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A width-4 CIFAR ResNet-18 (1 input channel), briefly fitted to digits so that accuracies mean something."""
+    from legocompile.examples.digits import load_splits
+    from legocompile.examples.resnet import resnet18_digits
+
+    torch.manual_seed(0)
+    model = resnet18_digits(width=4)
+    s = load_splits()
+    x, y = torch.tensor(s.x_train), torch.tensor(s.y_train).long()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(2):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model, digits_small):
+    """A bundle with fp32, fp16 and int8 engines for the tiny model (profile runs kept short)."""
+    import legocompile
+    from legocompile.config import ProfileConfig
+    from legocompile.pipeline import BuildReport
+
+    root = tmp_path_factory.mktemp("tiny")
+    calib, eval_data = digits_small
+    report = BuildReport(bundle=root / "bundle")
+    path = legocompile.compile(
+        tiny_model,
+        np.zeros((1, 1, 32, 32), np.float32),
+        calibration_data=calib,
+        eval_data=eval_data,
+        out=root / "bundle",
+        work_dir=root / "work",
+        precisions=("fp32", "fp16", "int8"),
+        max_blocks=4,
+        profile=ProfileConfig(warmup=3, runs=50),
+        model_name="tiny",
+        report=report,
+    )
+    return {"path": path, "work": root / "work", "report": report, "model": tiny_model,
+            "calib": calib, "eval": eval_data}
