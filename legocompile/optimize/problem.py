@@ -201,7 +201,8 @@ class InfeasibleBudgetError(LegoCompileError):
             found.append(f"the fastest selection takes {format_ms(min_latency_ms, budget.latency_ms)} ms")
         if budget.memory_bytes is not None:
             asked.append(f"memory ≤ {format_mb(budget.memory_bytes, min_memory_bytes)} MB")
-            found.append(f"the smallest takes {format_mb(min_memory_bytes, budget.memory_bytes)} MB")
+            smallest = "the smallest" if found else "the smallest selection"
+            found.append(f"{smallest} takes {format_mb(min_memory_bytes, budget.memory_bytes)} MB")
         message = f"no selection fits {' and '.join(asked) or 'the budget'}: {', '.join(found)}"
         if self.jointly_infeasible:
             message += "; each bound can be met alone but not both together (relax either)"
@@ -213,6 +214,9 @@ class InfeasibleBudgetError(LegoCompileError):
                 relax.append(f"the memory budget to at least {format_mb(min_memory_bytes, budget.memory_bytes)} MB")
             message += f" (raise {' and '.join(relax)})"
         super().__init__(message)
+
+    def __reduce__(self):  # keeps the error picklable (e.g. across process pools)
+        return (type(self), (self.budget, self.min_latency_ms, self.min_memory_bytes))
 
 
 def validate_costs(costs: Sequence[Sequence[Cost]]) -> None:

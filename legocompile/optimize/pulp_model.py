@@ -5,9 +5,10 @@ Binary ``x[b, o]`` = option ``o`` chosen for block ``b``::
     minimize    sum_{b,o} drop[b,o] * x[b,o]
     subject to  sum_o x[b,o] = 1                        for every block b
                 sum_{b,o} latency[b,o] * x[b,o] <= L    (when L is given)
-                sum_{b,o} memory[b,o]  * x[b,o] <= M    (when M is given)
+                sum_{b,o} memory[b,o]  * x[b,o] <= M    (when M is given; stated in MB for CBC's numerics)
 
-Too slow for the runtime path (tens of ms per call, plus a CBC process spawn); see
+CBC runs with cut generation off: the CBC bundled with pulp (2.10.3) has cut bugs that declared feasible budgets
+of this model infeasible. Too slow for the runtime path (tens of ms per call, plus a CBC process spawn); see
 :mod:`legocompile.optimize.solver` for the exact in-process solver. Used by tests and benchmarks as a cross-check.
 """
 
@@ -66,13 +67,17 @@ def solve_pulp(costs: Sequence[Sequence[Cost]], budget: Budget, *, msg: bool = F
             "latency_budget",
         )
     if budget.memory_bytes is not None:
+        # In MB, to keep the rows' magnitudes comparable (bytes are ~1e7 next to latencies ~1).
         model += (
-            pulp.lpSum(c.memory_bytes * x[b, o] for b, block in enumerate(costs) for o, c in enumerate(block))
-            <= budget.memory_bytes,
+            pulp.lpSum(c.memory_bytes / 1e6 * x[b, o] for b, block in enumerate(costs) for o, c in enumerate(block))
+            <= budget.memory_bytes / 1e6,
             "memory_budget",
         )
 
-    status = model.solve(pulp.PULP_CBC_CMD(msg=msg))
+    # Cut generation off: the CBC bundled with pulp (2.10.3) cuts off feasible selections of this model (the
+    # knapsack/probing/two-MIR cuts; seen as "Problem proven infeasible" on budgets that a selection meets, cf.
+    # coin-or/Cbc#337, fixed in later CBC releases). Without cuts it is slower but correct.
+    status = model.solve(pulp.PULP_CBC_CMD(msg=msg, cuts=False))
     if status == pulp.LpStatusInfeasible:
         raise InfeasibleBudgetError(budget, min_latency_ms, min_memory_bytes)
     if status != pulp.LpStatusOptimal:

@@ -25,6 +25,7 @@ from legocompile.backends import get_backend
 from legocompile.bundle import Manifest, OptionEntry, read_bundle
 from legocompile.errors import LegoCompileError
 from legocompile.optimize.select import Selection, costs_of, make_selection, select_options
+from legocompile.optimize.solver import prepare
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Runtime:
         self._load_lock = threading.Lock()
         self._local = _ThreadState()
         self._max_batch_sets = 4
-        self._costs = costs_of(manifest)
+        self._costs = prepare(costs_of(manifest))  # the solver reuses this table on every select()
         original = [b.option("s0", "fp32") for b in manifest.blocks]
         self._plan = self._make_plan(original)
 

@@ -1,0 +1,421 @@
+"""Tests for legocompile.optimize: the exact solver against brute force and pulp/CBC, errors, the frontier."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from legocompile.errors import LegoCompileError
+from legocompile.optimize import (
+    Budget,
+    Cost,
+    InfeasibleBudgetError,
+    PreparedCosts,
+    Solution,
+    evaluate,
+    pareto_frontier,
+    prepare,
+    solve,
+    solve_pulp,
+)
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def random_costs(rng: np.random.Generator, num_blocks: int, num_options: int, *, coarse: bool = False):
+    """A random cost table; ``coarse`` draws from a few values so that ties are common."""
+    table = []
+    for _ in range(num_blocks):
+        block = []
+        for _ in range(num_options):
+            if coarse:
+                block.append(
+                    Cost(
+                        latency_ms=float(rng.integers(1, 5)) * 0.25,
+                        memory_bytes=int(rng.integers(1, 4)) * 1_000_000,
+                        accuracy_drop=float(rng.choice([-0.25, 0.0, 0.5, 1.0])),
+                    )
+                )
+            else:
+                block.append(
+                    Cost(
+                        latency_ms=float(rng.uniform(0.05, 2.0)),
+                        memory_bytes=int(rng.integers(100_000, 10_000_000)),
+                        accuracy_drop=float(rng.uniform(-0.2, 3.0)),
+                    )
+                )
+        table.append(block)
+    return table
+
+
+def random_budget(rng: np.random.Generator, costs) -> Budget:
+    """A random budget: each bound absent, from a random selection's totals (boundary), or a random fraction."""
+    lat_max = sum(max(c.latency_ms for c in block) for block in costs)
+    mem_max = sum(max(c.memory_bytes for c in block) for block in costs)
+    pick = evaluate(costs, [int(rng.integers(len(block))) for block in costs])
+    r = rng.random()
+    latency = None if r < 0.2 else (pick.latency_ms if r < 0.45 else float(rng.uniform(0.2, 1.05)) * lat_max)
+    r = rng.random()
+    memory = None if r < 0.4 else (pick.memory_bytes if r < 0.6 else max(1, int(rng.uniform(0.2, 1.05) * mem_max)))
+    return Budget(latency_ms=latency, memory_bytes=memory)
+
+
+def key(solution: Solution) -> tuple[float, float, int]:
+    return (solution.accuracy_drop, solution.latency_ms, solution.memory_bytes)
+
+
+def brute_force(costs, budget: Budget) -> Solution | None:
+    """The lexicographic optimum (drop, latency, memory) over all selections that fit, by enumeration."""
+    best = None
+    for choice in itertools.product(*(range(len(block)) for block in costs)):
+        solution = evaluate(costs, choice)
+        if solution.fits(budget) and (best is None or key(solution) < key(best)):
+            best = solution
+    return best
+
+
+def check_against_brute_force(costs, budget: Budget) -> None:
+    expected = brute_force(costs, budget)
+    if expected is None:
+        with pytest.raises(InfeasibleBudgetError) as info:
+            solve(costs, budget)
+        assert info.value.min_latency_ms == min(
+            evaluate(costs, c).latency_ms for c in itertools.product(*(range(len(b)) for b in costs))
+        )
+        assert info.value.min_memory_bytes == min(
+            evaluate(costs, c).memory_bytes for c in itertools.product(*(range(len(b)) for b in costs))
+        )
+        return
+    got = solve(costs, budget)
+    assert got.fits(budget)
+    assert got == evaluate(costs, got.choice)  # the reported totals are those of the choice
+    assert abs(got.accuracy_drop - expected.accuracy_drop) <= 1e-9
+    assert key(got) == key(expected)  # exact, tie-breaks (latency, then memory) included
+
+
+# --- exactness ---------------------------------------------------------------------------------------------------
+
+
+def test_matches_brute_force_on_random_instances():
+    rng = np.random.default_rng(20240601)
+    infeasible = 0
+    for _ in range(200):
+        costs = random_costs(rng, int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        budget = random_budget(rng, costs)
+        infeasible += brute_force(costs, budget) is None
+        check_against_brute_force(costs, budget)
+    assert 5 <= infeasible <= 150  # the budgets exercise both outcomes
+
+
+def test_matches_brute_force_with_ties():
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        costs = random_costs(rng, int(rng.integers(1, 6)), int(rng.integers(1, 6)), coarse=True)
+        check_against_brute_force(costs, random_budget(rng, costs))
+
+
+def test_matches_brute_force_with_uneven_blocks():
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        costs = [random_costs(rng, 1, int(rng.integers(1, 9)))[0] for _ in range(int(rng.integers(2, 6)))]
+        check_against_brute_force(costs, random_budget(rng, costs))
+
+
+def test_budget_equal_to_a_selection_total_is_feasible():
+    rng = np.random.default_rng(3)
+    costs = random_costs(rng, 4, 4)
+    for choice in [(0, 1, 2, 3), (3, 3, 3, 3), (1, 0, 1, 0)]:
+        pick = evaluate(costs, choice)
+        got = solve(costs, Budget(latency_ms=pick.latency_ms, memory_bytes=pick.memory_bytes))
+        assert got.accuracy_drop <= pick.accuracy_drop
+        assert got.latency_ms <= pick.latency_ms and got.memory_bytes <= pick.memory_bytes
+
+
+def test_prepared_costs_give_the_same_answers():
+    rng = np.random.default_rng(5)
+    costs = random_costs(rng, 5, 5)
+    prepared = prepare(costs)
+    assert isinstance(prepared, PreparedCosts)
+    for _ in range(30):
+        budget = random_budget(rng, costs)
+        try:
+            expected = solve(costs, budget)
+        except InfeasibleBudgetError:
+            with pytest.raises(InfeasibleBudgetError):
+                solve(prepared, budget)
+            continue
+        assert solve(prepared, budget) == expected
+        assert prepared.solve(budget) == expected
+
+
+# --- agreement with the pulp reference ---------------------------------------------------------------------------
+
+
+def test_agrees_with_pulp():
+    pytest.importorskip("pulp")
+    rng = np.random.default_rng(99)
+    for i in range(30):
+        # Beyond brute-force reach for the larger ones (up to 8 blocks x 7 options).
+        costs = random_costs(rng, int(rng.integers(2, 9)), int(rng.integers(2, 8)))
+        lat_min = sum(min(c.latency_ms for c in block) for block in costs)
+        lat_max = sum(max(c.latency_ms for c in block) for block in costs)
+        mem_min = sum(min(c.memory_bytes for c in block) for block in costs)
+        mem_max = sum(max(c.memory_bytes for c in block) for block in costs)
+        budget = Budget(
+            latency_ms=lat_min + float(rng.uniform(0.05, 0.8)) * (lat_max - lat_min),
+            memory_bytes=None if i % 3 == 0 else mem_min + int(rng.uniform(0.1, 0.9) * (mem_max - mem_min)) + 1,
+        )
+        try:
+            ours = solve(costs, budget)
+        except InfeasibleBudgetError:
+            with pytest.raises(InfeasibleBudgetError):
+                solve_pulp(costs, budget)
+            continue
+        reference = solve_pulp(costs, budget)
+        assert abs(ours.accuracy_drop - reference.accuracy_drop) <= 1e-6
+        assert ours.fits(budget)
+
+
+def test_pulp_raises_infeasible_with_minima():
+    pytest.importorskip("pulp")
+    costs = [[Cost(1.0, 10, 0.0), Cost(0.5, 20, 1.0)], [Cost(1.0, 10, 0.0), Cost(0.25, 30, 2.0)]]
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve_pulp(costs, Budget(latency_ms=0.5))
+    assert info.value.min_latency_ms == 0.75
+    assert info.value.min_memory_bytes == 20
+
+
+# A 10 x 8 table on which CBC 2.10.3 (bundled with pulp) with its default cuts reports "infeasible" although
+# a selection fits (13.308 points lost); solve_pulp turns cut generation off.
+CBC_CUT_BUG_BUDGET = (3.892, 39151449)
+CBC_CUT_BUG_TABLE = [
+    [
+        (1.679, 9435189, 0.663), (1.837, 9137711, 1.367), (0.282, 6979094, 0.298), (1.895, 6742573, 1.704),
+        (1.586, 6282078, 1.782), (0.343, 5133778, 0.694), (1.265, 4004140, 2.073), (1.902, 731446, 0.365),
+    ],
+    [
+        (1.984, 6187662, 0.927), (1.108, 799093, 1.983), (1.411, 3976380, 2.375), (1.433, 7757834, 2.464),
+        (0.291, 7496685, 0.713), (1.953, 6630518, 0.42), (1.538, 4369383, 2.055), (1.719, 3405954, 1.788),
+    ],
+    [
+        (0.269, 2120079, 1.7), (0.679, 3609616, 2.781), (1.57, 9400569, 0.179), (1.575, 1807295, 2.387),
+        (1.823, 671785, 2.111), (1.818, 4897359, 0.39), (0.729, 9689146, 0.732), (1.197, 1816510, 2.717),
+    ],
+    [
+        (0.109, 8071111, 0.539), (1.036, 2880365, 0.473), (0.191, 8956373, 0.199), (0.257, 3099474, 1.166),
+        (1.456, 3286030, 1.249), (1.355, 37227, 0.811), (1.41, 8396796, 0.259), (1.675, 2395663, 2.992),
+    ],
+    [
+        (1.678, 7407048, 0.724), (1.604, 1709667, 2.18), (0.603, 4316593, 0.373), (1.699, 5339651, 2.886),
+        (0.141, 9345710, 0.972), (1.364, 6692824, 2.564), (0.24, 41547, 1.481), (1.063, 5113447, 1.78),
+    ],
+    [
+        (0.407, 3176459, 1.999), (1.073, 1889609, 1.167), (0.495, 3776796, 1.323), (1.932, 4664278, 2.906),
+        (1.702, 6069901, 2.232), (1.271, 2766189, 1.447), (1.533, 4112296, 2.897), (1.815, 8281139, 1.214),
+    ],
+    [
+        (0.734, 7293402, -0.055), (0.989, 1194017, 2.516), (1.42, 9360770, 2.768), (1.82, 5717667, 0.308),
+        (1.34, 7623335, 0.238), (1.41, 7082932, 1.093), (1.157, 6200730, 0.132), (1.871, 5312138, 2.759),
+    ],
+    [
+        (1.721, 6058402, 1.358), (1.297, 6806570, 1.165), (0.843, 1565648, 1.853), (0.274, 1891763, 1.056),
+        (0.708, 7573243, 2.935), (1.458, 2309699, 1.154), (0.291, 4164721, 1.778), (1.583, 3402865, 2.951),
+    ],
+    [
+        (1.043, 2960290, 0.577), (1.699, 3231769, 0.316), (0.63, 5095609, 1.539), (0.131, 8996417, 1.153),
+        (0.603, 9549460, 1.28), (0.786, 3322822, 2.851), (1.416, 9886435, 2.411), (1.848, 4519819, 2.303),
+    ],
+    [
+        (0.427, 6499949, 1.482), (1.289, 5322446, 1.92), (0.803, 8188824, 0.534), (0.53, 6587511, 2.694),
+        (1.762, 5765962, 0.878), (1.164, 8018109, 2.443), (1.481, 7302951, 2.28), (0.711, 1960687, 1.226),
+    ],
+]
+
+
+def test_pulp_reference_on_table_where_cbc_cuts_fail():
+    pytest.importorskip("pulp")
+    costs = [[Cost(*option) for option in block] for block in CBC_CUT_BUG_TABLE]
+    budget = Budget(*CBC_CUT_BUG_BUDGET)
+    ours = solve(costs, budget)
+    assert ours.fits(budget)
+    assert abs(ours.accuracy_drop - 13.308) <= 1e-9
+    assert abs(solve_pulp(costs, budget).accuracy_drop - ours.accuracy_drop) <= 1e-6
+
+
+# --- infeasible budgets ------------------------------------------------------------------------------------------
+
+# Two blocks: fast options are big, small options are slow.
+TRADE_OFF = [
+    [Cost(1.0, 1_000_000, 0.0), Cost(0.25, 2_000_000, 0.5)],
+    [Cost(0.6, 1_100_000, 0.0), Cost(0.35, 2_500_000, 0.5)],
+]
+
+
+def test_infeasible_latency_reports_minima():
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(TRADE_OFF, Budget(latency_ms=0.5))
+    error = info.value
+    assert error.min_latency_ms == 0.6
+    assert error.min_memory_bytes == 2_100_000
+    assert not error.jointly_infeasible
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith("no selection fits latency ≤ 0.50 ms: the fastest selection takes 0.60 ms")
+    assert "latency budget to at least 0.60 ms" in message
+
+
+def test_infeasible_both_message_format():
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(TRADE_OFF, Budget(latency_ms=0.5, memory_bytes=2_000_000))
+    assert str(info.value).startswith(
+        "no selection fits latency ≤ 0.50 ms and memory ≤ 2.0 MB: "
+        "the fastest selection takes 0.60 ms, the smallest takes 2.1 MB"
+    )
+    assert isinstance(info.value, LegoCompileError)
+
+
+def test_jointly_infeasible_budget():
+    # Latency <= 1.0 alone is met (0.6 ms), memory <= 2.2 MB alone is met (2.1 MB), never both together.
+    budget = Budget(latency_ms=1.0, memory_bytes=2_200_000)
+    assert brute_force(TRADE_OFF, budget) is None
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(TRADE_OFF, budget)
+    error = info.value
+    assert error.jointly_infeasible
+    assert error.min_latency_ms == 0.6 and error.min_memory_bytes == 2_100_000
+    assert "not both together" in str(error)
+
+
+def test_infeasible_memory_only_and_pickling():
+    import pickle
+
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(TRADE_OFF, Budget(memory_bytes=1_500_000))
+    assert str(info.value) == (
+        "no selection fits memory ≤ 1.5 MB: the smallest selection takes 2.1 MB "
+        "(raise the memory budget to at least 2.1 MB)"
+    )
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value) and copy.min_memory_bytes == 2_100_000
+
+
+def test_infeasible_message_adds_precision_to_tell_values_apart():
+    costs = [[Cost(1.2004, 1, 0.0)]]
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(costs, Budget(latency_ms=1.2))
+    assert "latency ≤ 1.2000 ms" in str(info.value)
+    assert "takes 1.2004 ms" in str(info.value)
+
+
+# --- None budgets ------------------------------------------------------------------------------------------------
+
+
+def test_no_budget_picks_least_drop_per_block():
+    rng = np.random.default_rng(1)
+    costs = random_costs(rng, 6, 5)
+    got = solve(costs, Budget())
+    assert got.choice == tuple(min(range(5), key=lambda o, b=b: costs[b][o].accuracy_drop) for b in range(6))
+
+
+def test_single_bounds():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        costs = random_costs(rng, 4, 4)
+        pick = evaluate(costs, [int(rng.integers(4)) for _ in range(4)])
+        for budget in (Budget(latency_ms=pick.latency_ms), Budget(memory_bytes=pick.memory_bytes)):
+            check_against_brute_force(costs, budget)
+
+
+def test_generous_budget_returns_unconstrained_optimum():
+    rng = np.random.default_rng(4)
+    costs = random_costs(rng, 5, 5)
+    assert solve(costs, Budget(latency_ms=1e9, memory_bytes=10**12)) == solve(costs, Budget())
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "1.0", True])
+def test_invalid_latency_budget(value):
+    with pytest.raises(LegoCompileError, match="latency_ms"):
+        Budget(latency_ms=value)
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, float("nan"), "10", True])
+def test_invalid_memory_budget(value):
+    with pytest.raises(LegoCompileError, match="memory_bytes"):
+        Budget(memory_bytes=value)
+
+
+def test_budget_normalizes_numbers():
+    budget = Budget(latency_ms=np.float32(1.5), memory_bytes=np.int64(3_000_000))
+    assert budget.latency_ms == 1.5 and type(budget.latency_ms) is float
+    assert budget.memory_bytes == 3_000_000 and type(budget.memory_bytes) is int
+    assert Budget(memory_bytes=3e6).memory_bytes == 3_000_000
+
+
+def test_cost_validation_and_normalization():
+    cost = Cost(np.float64(0.5), np.int64(1024), np.float32(-0.25))
+    assert (type(cost.latency_ms), type(cost.memory_bytes), type(cost.accuracy_drop)) == (float, int, float)
+    with pytest.raises(LegoCompileError, match="latency_ms"):
+        Cost(-0.1, 1, 0.0)
+    with pytest.raises(LegoCompileError, match="memory_bytes"):
+        Cost(0.1, -1, 0.0)
+    with pytest.raises(LegoCompileError, match="accuracy_drop"):
+        Cost(0.1, 1, float("nan"))
+
+
+def test_malformed_cost_tables():
+    with pytest.raises(LegoCompileError, match="no blocks"):
+        solve([], Budget())
+    with pytest.raises(LegoCompileError, match="block 1 has no options"):
+        solve([[Cost(1.0, 1, 0.0)], []], Budget())
+    with pytest.raises(LegoCompileError, match=r"costs\[0\]\[0\]"):
+        solve([[(1.0, 1, 0.0)]], Budget())
+
+
+# --- frontier ----------------------------------------------------------------------------------------------------
+
+
+def test_pareto_frontier_is_sorted_and_non_dominated():
+    rng = np.random.default_rng(8)
+    costs = random_costs(rng, 5, 5)
+    frontier = pareto_frontier(costs, num_points=20)
+    assert len(frontier) >= 2
+    latencies = [s.latency_ms for s in frontier]
+    assert latencies == sorted(latencies)
+    for s in frontier:
+        assert s == evaluate(costs, s.choice)
+    for a, b in itertools.permutations(frontier, 2):
+        no_worse = a.latency_ms <= b.latency_ms and a.memory_bytes <= b.memory_bytes
+        assert not (no_worse and a.accuracy_drop <= b.accuracy_drop and key(a) != key(b))
+    assert len({key(s) for s in frontier}) == len(frontier)
+    # The ends of the sweep: the least-drop selection and the fastest one.
+    assert min(s.accuracy_drop for s in frontier) == solve(costs, Budget()).accuracy_drop
+    assert frontier[0].latency_ms == prepare(costs).min_latency_ms
+
+
+def test_pareto_frontier_points_are_optimal_for_their_latency():
+    rng = np.random.default_rng(9)
+    costs = random_costs(rng, 4, 4)
+    for s in pareto_frontier(costs, num_points=10):
+        assert brute_force(costs, Budget(latency_ms=s.latency_ms, memory_bytes=s.memory_bytes)).accuracy_drop == (
+            s.accuracy_drop
+        )
+
+
+def test_pareto_frontier_rejects_bad_num_points():
+    with pytest.raises(LegoCompileError, match="num_points"):
+        pareto_frontier(TRADE_OFF, num_points=1)
+
+
+def test_solution_fits():
+    solution = Solution(choice=(0,), latency_ms=1.0, memory_bytes=10, accuracy_drop=0.0)
+    assert solution.fits(Budget())
+    assert solution.fits(Budget(latency_ms=1.0, memory_bytes=10))
+    assert not solution.fits(Budget(latency_ms=0.99))
+    assert not solution.fits(Budget(memory_bytes=9))
+    assert math.isclose(solution.latency_ms, 1.0)
