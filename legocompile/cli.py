@@ -71,13 +71,14 @@ def _build(args, until: str = "bundle") -> None:
     progress = RichProgress(enabled=not args.quiet)
     t0 = time.perf_counter()
     model = project.load_model()
-    calib, eval_data = project.load_data()
+    data = project.load_data()
     report = BuildReport(bundle=cfg.build.out)
     compile(
         model,
         project.example_input(),
-        calibration_data=calib,
-        eval_data=eval_data,
+        calibration_data=data.calibration,
+        eval_data=(data.eval_x, data.eval_y),
+        train_data=data.train,
         out=cfg.build.out,
         blocks=cfg.blocks.cut,
         max_blocks=cfg.blocks.max_blocks,
@@ -86,8 +87,11 @@ def _build(args, until: str = "bundle") -> None:
         work_dir=cfg.build.work_dir,
         calibration=cfg.calibration,
         profile=cfg.profile,
+        sparsities=cfg.variants.sparsities,
+        retrain=retrain_settings(cfg.variants),
+        external_variants=external_variants(cfg),
         model_name=cfg.model.name,
-        data_provider=cfg.data_provider if not project.is_example else "legocompile.examples.digits:dataset",
+        data_provider=cfg.data_provider,
         progress=progress,
         report=report,
         until=until,
@@ -111,6 +115,23 @@ def _build(args, until: str = "bundle") -> None:
         c.print(f"built: {built}; cached: {cached}; {d['seconds']:.1f} s")
 
     _emit(args, doc, render)
+
+
+def retrain_settings(v):
+    from legocompile.variants.retrain import RetrainSettings
+
+    return RetrainSettings(epochs=v.epochs, lr=v.lr, batch_size=v.batch_size, patience=v.patience,
+                           val_fraction=v.val_fraction)
+
+
+def external_variants(cfg) -> tuple:
+    from legocompile.variants.stage import ExternalVariant
+
+    return tuple(
+        ExternalVariant(block=e.block, name=e.name, factory=e.factory, weights=e.weights, sparsity=e.sparsity,
+                        search_path=cfg.root)
+        for e in cfg.variants.external
+    )
 
 
 def _render_summary(d: dict) -> None:
@@ -183,12 +204,13 @@ def cmd_run(args) -> None:
     sel = rt.select(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
     provider = rt.manifest.extra.get("data_provider")
     if args.config:
-        provider_root = resolve_project(args.config).config
-        calib, (ex, ey) = load_dataset(provider_root.data_provider, search_path=provider_root.root)
+        cfg = resolve_project(args.config).config
+        data = load_dataset(cfg.data_provider, search_path=cfg.root)
     elif provider:
-        calib, (ex, ey) = load_dataset(provider, search_path=Path.cwd())
+        data = load_dataset(provider, search_path=Path.cwd())
     else:
         raise LegoCompileError("the bundle records no dataset provider; pass --config with a [data].provider")
+    ex, ey = data.eval_x, data.eval_y
     ex = np.ascontiguousarray(ex, dtype=np.float32)
     acc = top1(rt.predict(ex), np.asarray(ey))
     batch = rt.manifest.input.shape[0]
@@ -197,6 +219,26 @@ def cmd_run(args) -> None:
     doc = sel.to_json() | {"measured": {"accuracy": acc, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms,
                                         "runs": lat.runs, "batch_size": batch}}
     _emit(args, doc, _render_selection)
+
+
+def cmd_pareto(args) -> None:
+    from legocompile.bundle import read_bundle
+    from legocompile.optimize.pareto import write_pareto
+
+    manifest = read_bundle(args.bundle, verify=False)
+    stem = Path(args.out) if args.out else Path(args.bundle) / "pareto"
+    doc = write_pareto(manifest, stem, points=args.points)
+
+    def render(d):
+        c = _console()
+        r = d["range"]
+        c.print(f"{d['num_selections']} optimizer selections, {len(d['frontier'])} on the frontier; latency "
+                f"{r['latency_ms'][0]:.3f}–{r['latency_ms'][1]:.3f} ms ({r['latency_ratio']:.2f}×), memory "
+                f"{r['memory_bytes'][0] / 1e6:.2f}–{r['memory_bytes'][1] / 1e6:.2f} MB ({r['memory_ratio']:.2f}×), "
+                f"accuracy {r['accuracy'][0] * 100:.2f}–{r['accuracy'][1] * 100:.2f}%")
+        c.print(f"wrote {d['json']} and {d['png']}")
+
+    _emit(args, doc, render)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -217,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stages = {
         "build": ("all stages, skipping what is cached, and write the bundle", "bundle"),
-        "export": ("cut the model into blocks and export each block to ONNX", "export"),
+        "derive": ("cut the model into blocks and derive pruned descendants of each block", "derive"),
+        "retrain": ("derive, then retrain the descendants on the teacher's intermediate features", "retrain"),
+        "export": ("derive and retrain variants, then export each to ONNX", "export"),
         "calibrate": ("export, then compute int8 calibration ranges per block", "calibrate"),
         "profile": ("export, calibrate, build engines and profile them (no bundle)", "profile"),
     }
@@ -235,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("pareto", help="the accuracy-latency-memory frontier of a bundle, as JSON and a PNG plot")
+    p.add_argument("bundle")
+    p.add_argument("--out", help="output stem (default: BUNDLE/pareto → pareto.json, pareto.png)")
+    p.add_argument("--points", type=int, default=60, help="budgets swept per axis (default 60)")
+    _add_common(p)
+    p.set_defaults(func=cmd_pareto)
 
     for name, func, help_text in (
         ("optimize", cmd_optimize, "choose one engine per block under a budget (from the profiles)"),

@@ -49,6 +49,26 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExternalVariantConfig:
+    block: str
+    name: str
+    factory: str
+    weights: Path
+    sparsity: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantsConfig:
+    sparsities: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 64
+    patience: int = 4
+    val_fraction: float = 0.1
+    external: tuple[ExternalVariantConfig, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     precisions: tuple[str, ...] = ("fp32", "int8")
     backend: str = "onnxruntime"
@@ -64,6 +84,7 @@ class ProjectConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
     root: Path = Path(".")  # the project file's folder: relative paths and imports resolve from here
 
 
@@ -128,7 +149,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     except tomllib.TOMLDecodeError as e:
         raise LegoCompileError(f"{path.name}: not valid TOML ({e})") from None
     src, root = path.name, path.parent.resolve()
-    known = {"model", "data", "blocks", "calibration", "profile", "build"}
+    known = {"model", "data", "blocks", "calibration", "profile", "build", "variants"}
     for key in doc:
         if key not in known:
             raise LegoCompileError(f"{src}: unknown section [{key}]; expected one of {', '.join(sorted(known))}")
@@ -206,5 +227,46 @@ def load_config(path: str | Path) -> ProjectConfig:
         calibration=calibration,
         profile=profile,
         build=build,
+        variants=_variants(src, root, doc.get("variants", {})),
         root=root,
     )
+
+
+def _number(section: _Section, key: str, what: str, default: float, ok) -> float:
+    value = section.get(key, (int, float), what, default)
+    if not ok(value):
+        raise section._err(key, what, value)
+    return float(value)
+
+
+def _variants(src: str, root: Path, table: Any) -> VariantsConfig:
+    v = _Section(src, "variants", table)
+    what = "a list of sparsities in [0, 1), e.g. [0.0, 0.4, 0.8]"
+    sparsities = v.get("sparsities", list, what, [0.0, 0.2, 0.4, 0.6, 0.8])
+    if not sparsities or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
+                                 for x in sparsities):
+        raise v._err("sparsities", what, sparsities)
+    externals = []
+    for k, entry in enumerate(v.get("external", list, "an array of tables [[variants.external]]", [])):
+        e = _Section(src, f"variants.external.{k}", entry)
+        weights = (root / e.get("weights", str, "a weights file path")).resolve()
+        if not weights.is_file():
+            raise LegoCompileError(f"{src}: [variants.external.{k}].weights file not found: {weights}")
+        sp = e.get("sparsity", (int, float), "a number in [0, 1)", None)
+        externals.append(ExternalVariantConfig(
+            block=e.get("block", str, "a block name (see legocompile inspect)"),
+            name=e.get("name", str, "a variant name"),
+            factory=_import_spec(e, "factory"), weights=weights, sparsity=None if sp is None else float(sp),
+        ))
+        e.finish()
+    cfg = VariantsConfig(
+        sparsities=tuple(sorted({float(x) for x in sparsities} | {0.0})),
+        epochs=v.positive_int("epochs", 20),
+        lr=_number(v, "lr", "a positive learning rate", 1e-3, lambda x: x > 0),
+        batch_size=v.positive_int("batch_size", 64),
+        patience=v.positive_int("patience", 4),
+        val_fraction=_number(v, "val_fraction", "a fraction in (0, 1)", 0.1, lambda x: 0 < x < 1),
+        external=tuple(externals),
+    )
+    v.finish()
+    return cfg

@@ -22,17 +22,8 @@ from legocompile.errors import LegoCompileError
 from legocompile.progress import Progress, SilentProgress
 from legocompile.workspace import Workspace, content_key, sha256_file
 
-STAGES = ("export", "calibrate", "engines", "profile", "bundle")
+STAGES = ("derive", "retrain", "export", "calibrate", "engines", "profile", "bundle")
 PARTITION_TOLERANCE = 1e-4  # max |chain - model| allowed, relative to the output's magnitude
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One version of a block: the original (``s0``) or a descendant."""
-
-    name: str
-    sparsity: float
-    module: Any  # torch.nn.Module
 
 
 @dataclass
@@ -104,6 +95,11 @@ def compile(  # noqa: A001 - the public name the API promises
     profile: ProfileConfig = ProfileConfig(),  # noqa: B008 (frozen)
     model_name: str | None = None,
     data_provider: str | None = None,
+    sparsities: Sequence[float] = (0.0,),
+    retrain=None,
+    train_data=None,
+    external_variants: Sequence = (),
+    additivity_samples: int = 24,
     progress: Progress | None = None,
     report: BuildReport | None = None,
     until: str = "bundle",
@@ -121,8 +117,13 @@ def compile(  # noqa: A001 - the public name the API promises
         precisions: engines to build per block; fp32 is always built.
         work_dir: cache folder (default: ``<out>/../legocompile-work``).
         data_provider: the ``pkg.mod:fn`` that produced the data, recorded so ``legocompile run`` can evaluate.
-        until: stop after this stage (``export``, ``calibrate``, ``engines``, ``profile``); the bundle is written
-            only by a full run (``bundle``).
+        sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original).
+        retrain: :class:`legocompile.variants.retrain.RetrainSettings` for the descendants.
+        train_data: model inputs the descendants are retrained on (default: ``calibration_data``).
+        external_variants: :class:`legocompile.variants.stage.ExternalVariant` entries (bring your own).
+        additivity_samples: random full selections measured to check the additive accuracy model (0: skip).
+        until: stop after this stage (``derive``, ``retrain``, ``export``, ``calibrate``, ``engines``,
+            ``profile``); the bundle is written only by a full run (``bundle``).
     """
     if until not in STAGES:
         raise LegoCompileError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
@@ -177,7 +178,17 @@ def compile(  # noqa: A001 - the public name the API promises
         eval_in = block_inputs(modules, eval_x)
         advance()
 
-    variants = [[Variant("s0", 0.0, b.module)] for b in chain]
+    from legocompile.variants.retrain import RetrainSettings
+    from legocompile.variants.stage import build_variants
+
+    module_keys = [_module_key(b.module, b.input_shape) for b in chain]
+    train_x = calib_x if train_data is None else _as_array(train_data, "train_data")
+    variants = build_variants(
+        ws, chain, module_keys, calib_in, sparsities=sparsities, retrain=retrain or RetrainSettings(),
+        train_inputs=train_x, external=external_variants, progress=progress, report=report, until=until,
+    )
+    if until in ("derive", "retrain"):
+        return out
     settings = CalibrationSettings(method=calibration.method, num_samples=calibration.num_samples, percentile=calibration.percentile)
 
     # ---------------------------------------------------------------- export
@@ -186,7 +197,7 @@ def compile(  # noqa: A001 - the public name the API promises
     with progress.stage("export", n_variants) as advance:
         for i, block in enumerate(chain):
             for v in variants[i]:
-                key = _module_key(v.module, block.input_shape)
+                key = module_keys[i] if v.name == "s0" else _module_key(v.module, block.input_shape)
                 onnx_path = ws.path("onnx", key, ".onnx")
 
                 def do_export(v=v, i=i, onnx_path=onnx_path):
@@ -273,6 +284,15 @@ def compile(  # noqa: A001 - the public name the API promises
         report=report,
     )
 
+    from legocompile.profile.additivity import check_additivity
+
+    additivity = check_additivity(
+        ws, be,
+        options=[[(i, v.name, p) for v in variants[i] for p in precisions] for i in range(len(chain))],
+        engines=engines, drops={k: v["accuracy_drop"] for k, v in profiles.items()},
+        teacher_accuracy=teacher["accuracy"], eval_x=eval_x, eval_y=eval_y,
+        num_selections=additivity_samples, progress=progress,
+    )
     if until == "profile":
         return out
 
@@ -339,6 +359,7 @@ def compile(  # noqa: A001 - the public name the API promises
             "partition": {"blocks": blocks if isinstance(blocks, str) else list(blocks), "max_blocks": max_blocks,
                           "max_abs_err": err},
         },
+        additivity=additivity,
         extra={"data_provider": data_provider} if data_provider else {},
     )
     with progress.stage("bundle", 1) as advance:

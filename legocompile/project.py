@@ -12,7 +12,8 @@ from legocompile.config import BuildConfig, ProjectConfig, load_config
 from legocompile.errors import LegoCompileError
 from legocompile.model import import_object, load_model
 
-EXAMPLE_PROVIDER = "legocompile.examples.digits:dataset"
+EXAMPLE_PROVIDER = "legocompile.project:example_dataset"
+EXAMPLE_SPARSITIES = (0.0, 0.4, 0.8)
 DEFAULT_CONFIG = "legocompile.toml"
 
 
@@ -29,28 +30,55 @@ class Project:
         m = self.config.model
         return load_model(m.factory, m.weights, search_path=self.config.root)
 
-    def load_data(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def load_data(self) -> "Dataset":
         return load_dataset(self.config.data_provider, search_path=self.config.root)
 
     def example_input(self) -> np.ndarray:
         return np.zeros(self.config.model.input_shape, dtype=np.float32)
 
 
-def load_dataset(provider: str, *, search_path: Path | None = None) -> tuple[Any, tuple[Any, Any]]:
-    """Call a dataset provider and check it returns ``(calibration_inputs, (eval_inputs, eval_labels))``."""
+@dataclass(frozen=True)
+class Dataset:
+    """What a dataset provider gives: calibration inputs, the evaluation split, and optional training inputs."""
+
+    calibration: Any
+    eval_x: Any
+    eval_y: Any
+    train: Any = None  # inputs the descendants are retrained on; default: the calibration inputs
+
+
+def load_dataset(provider: str, *, search_path: Path | None = None) -> Dataset:
+    """Call a dataset provider.
+
+    It returns ``(calibration_inputs, (eval_inputs, eval_labels))``, or a mapping with keys ``calibration``,
+    ``eval`` (a pair) and optionally ``train``.
+    """
     fn = import_object(provider, field="[data].provider", search_path=search_path)
     data = fn()
     try:
-        calib, (ex, ey) = data
-    except (TypeError, ValueError):
+        if isinstance(data, dict):
+            (ex, ey), calib, train = data["eval"], data["calibration"], data.get("train")
+        else:
+            calib, (ex, ey) = data
+            train = None
+    except (TypeError, ValueError, KeyError):
         raise LegoCompileError(
-            f"[data].provider {provider} must return (calibration_inputs, (eval_inputs, eval_labels))"
+            f"[data].provider {provider} must return (calibration_inputs, (eval_inputs, eval_labels)) or a dict "
+            "with keys calibration, eval and optionally train"
         ) from None
-    return calib, (ex, ey)
+    return Dataset(calib, ex, ey, train)
+
+
+def example_dataset() -> dict:
+    """The built-in example's data: digits, with the whole training split for retraining descendants."""
+    from legocompile.examples.digits import dataset, load_splits
+
+    calib, (ex, ey) = dataset()
+    return {"calibration": calib, "eval": (ex, ey), "train": load_splits().x_train}
 
 
 def example_config(out: Path | None = None) -> ProjectConfig:
-    from legocompile.config import ModelConfig
+    from legocompile.config import ModelConfig, VariantsConfig
     from legocompile.examples import EXAMPLE_INPUT_SHAPE
 
     cwd = Path.cwd()
@@ -59,6 +87,7 @@ def example_config(out: Path | None = None) -> ProjectConfig:
                           input_shape=tuple(EXAMPLE_INPUT_SHAPE)),
         data_provider=EXAMPLE_PROVIDER,
         build=BuildConfig(work_dir=cwd / "legocompile-work", out=(out or cwd / "legocompile-out")),
+        variants=VariantsConfig(sparsities=EXAMPLE_SPARSITIES),
         root=cwd,
     )
 

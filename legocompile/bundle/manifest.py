@@ -23,7 +23,7 @@ class TensorSpec:
 @dataclass(frozen=True, kw_only=True)
 class OptionEntry:
     variant: str  # "s0" is the original block; "s0.4" the 40%-pruned descendant, or a user-supplied name
-    sparsity: float
+    sparsity: float | None  # None for a user-supplied variant of unknown sparsity
     precision: str  # fp32 | fp16 | int8
     backend: str
     engine: str  # relative path of the engine file

@@ -1,0 +1,79 @@
+"""``legocompile pareto``: the accuracy-latency-memory frontier of a bundle, as JSON and a PNG plot.
+
+Like LegoDNN's ``gen_series_legodnn_models``: sweep latency budgets and memory budgets across their useful range,
+ask the optimizer for the best selection under each, and keep the selections no other one dominates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from legocompile.bundle import Manifest
+from legocompile.optimize.frontier import pareto_frontier
+from legocompile.optimize.select import costs_of, make_selection
+from legocompile.optimize.solver import prepare
+from legocompile.workspace import atomic_produce, atomic_write_json
+
+
+def _entry(manifest: Manifest, choice) -> dict:
+    sel = make_selection(manifest, (b.options[i] for b, i in zip(manifest.blocks, choice)))
+    return sel.to_json()["predicted"] | {"selection": [[o.variant, o.precision] for o in sel.options]}
+
+
+def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
+    """Write ``<stem>.json`` and ``<stem>.png``; return the JSON document (with the file paths)."""
+    prepared = prepare(costs_of(manifest))
+    frontier = pareto_frontier(prepared, num_points=points)
+    entries = [_entry(manifest, s.choice) for s in frontier]
+    lat = [e["latency_ms"] for e in entries]
+    mem = [e["memory_bytes"] for e in entries]
+    acc = [e["accuracy"] for e in entries]
+    stem = Path(stem)
+    doc = {
+        "model": manifest.model,
+        "teacher": manifest.teacher,
+        "num_selections": 2 * points,  # optimizer calls: `points` latency budgets + `points` memory budgets
+        "frontier": entries,
+        "range": {
+            "latency_ms": [min(lat), max(lat)],
+            "memory_bytes": [min(mem), max(mem)],
+            "accuracy": [min(acc), max(acc)],
+            "latency_ratio": max(lat) / min(lat),
+            "memory_ratio": max(mem) / min(mem),
+        },
+        "additivity": {k: v for k, v in (manifest.additivity or {}).items() if k != "samples"} or None,
+        "json": str(stem.with_suffix(".json")),
+        "png": str(stem.with_suffix(".png")),
+    }
+    atomic_produce(stem.with_suffix(".png"), lambda tmp: _plot(entries, manifest, tmp))
+    atomic_write_json(stem.with_suffix(".json"), doc)
+    return doc
+
+
+def _plot(entries: list[dict], manifest: Manifest, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = [e["latency_ms"] for e in entries]
+    acc = [e["accuracy"] * 100 for e in entries]
+    mem = [e["memory_bytes"] / 1e6 for e in entries]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    sc = ax[0].scatter(lat, acc, c=mem, cmap="viridis", s=28)
+    fig.colorbar(sc, ax=ax[0], label="memory (MB)")
+    ax[0].set_xlabel("predicted latency (ms, sum of profiled engines)")
+    ax[0].set_ylabel("predicted top-1 (%)")
+    ax[0].set_title("accuracy vs latency")
+    sc = ax[1].scatter(mem, acc, c=lat, cmap="plasma", s=28)
+    fig.colorbar(sc, ax=ax[1], label="latency (ms)")
+    ax[1].set_xlabel("memory (MB, sum of profiled engines)")
+    ax[1].set_title("accuracy vs memory")
+    for a in ax:
+        a.axhline(manifest.teacher["accuracy"] * 100, color="grey", lw=0.8, ls="--")
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{manifest.model}: {len(entries)} Pareto-optimal selections ({manifest.device.get('processor', '')})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""How far the optimizer's additive accuracy model is from the truth.
+
+The optimizer predicts a selection's accuracy as teacher accuracy minus the sum of its options' drops, each drop
+profiled with every other block original. LegoDNN assumes this without checking. Here random full selections are
+run for real on the evaluation split and compared with the prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from legocompile.profile.accuracy import top1
+from legocompile.workspace import Workspace, atomic_write_json, content_key
+
+EVAL_BATCH = 256
+
+
+def check_additivity(
+    ws: Workspace,
+    backend,
+    *,
+    options: list[list[tuple[int, str, str]]],
+    engines: dict[tuple[int, str, str], dict],
+    drops: dict[tuple[int, str, str], float],
+    teacher_accuracy: float,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray,
+    num_selections: int,
+    seed: int = 0,
+    progress,
+) -> dict[str, Any] | None:
+    """Measure ``num_selections`` random full selections; report mean and max |predicted - measured| accuracy."""
+    if num_selections <= 0 or all(len(o) == 1 for o in options):
+        return None
+    key = content_key("additivity", [[engines[k]["sha256"] for k in block] for block in options],
+                      {str(k): v for k, v in drops.items()}, eval_y, num_selections, seed)
+    path = ws.path("additivity", key, ".json")
+    if path.exists():
+        return json.loads(path.read_text())
+
+    rng = np.random.default_rng(seed)
+    loaded: dict[tuple[int, str, str], Any] = {}
+    samples = []
+    with progress.stage("additivity check", num_selections) as advance:
+        for _ in range(num_selections):
+            choice = [block[rng.integers(len(block))] for block in options]
+            h = eval_x
+            for k in choice:
+                if k not in loaded:
+                    loaded[k] = backend.load(engines[k]["path"])
+                h = np.concatenate([loaded[k].run(h[j : j + EVAL_BATCH]) for j in range(0, len(h), EVAL_BATCH)])
+            measured = top1(h, eval_y)
+            predicted = teacher_accuracy - sum(drops[k] for k in choice)
+            samples.append({"selection": [[k[1], k[2]] for k in choice], "predicted": predicted, "measured": measured})
+            advance()
+    errors = np.array([abs(s["predicted"] - s["measured"]) for s in samples])
+    result = {
+        "num_selections": len(samples),
+        "mean_abs_error": float(errors.mean()),
+        "max_abs_error": float(errors.max()),
+        "accuracy_model": "teacher accuracy minus the sum of single-block drops",
+        "seed": seed,
+        "samples": samples,
+    }
+    atomic_write_json(path, result)
+    return result

@@ -1,0 +1,147 @@
+"""The variants stage of the pipeline: derive (prune) and retrain descendants, cached by content.
+
+Artefacts: ``<work>/derived/<key>`` is a pruned, not yet retrained block; ``<work>/variants/<key>`` is the retrained
+one. Each is a safetensors file plus a JSON description of the pruned architecture (never a pickled module), and
+its key hashes the teacher block, the sparsity and (for retraining) the settings and the training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from legocompile._log import logger
+from legocompile.errors import LegoCompileError
+from legocompile.workspace import Workspace, content_key
+
+PRUNE_FORMAT = 1  # bump when pruning changes what it produces
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a block: the original (``s0``), a descendant (``s0.4``) or a user's own."""
+
+    name: str
+    sparsity: float
+    module: Any  # torch.nn.Module
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExternalVariant:
+    """A variant produced elsewhere (e.g. by the original LegoDNN scripts): a factory plus weights."""
+
+    block: str
+    name: str
+    factory: str  # "pkg.mod:fn" building the module
+    weights: Path
+    sparsity: float | None = None  # unknown unless the user says
+    search_path: Path | None = None
+
+
+def variant_name(sparsity: float) -> str:
+    return f"s{sparsity:g}"
+
+
+def check_sparsities(sparsities: Sequence[float]) -> tuple[float, ...]:
+    values = sorted({float(s) for s in sparsities} | {0.0})
+    for s in values:
+        if not 0.0 <= s < 1.0:
+            raise LegoCompileError(f"sparsities must lie in [0, 1), got {s}")
+    return tuple(values)
+
+
+def build_variants(
+    ws: Workspace,
+    chain,
+    module_keys: list[str],
+    block_inputs: list[np.ndarray],
+    *,
+    sparsities: Sequence[float],
+    retrain,
+    train_inputs: np.ndarray,
+    external: Sequence[ExternalVariant] = (),
+    progress,
+    report,
+    until: str,
+) -> list[list[Variant]]:
+    """Every block's variants, original first. Stops after pruning when ``until == "derive"``."""
+    import torch
+
+    from legocompile.variants.prune import prune_block
+    from legocompile.variants.retrain import retrain_variants
+    from legocompile.variants.store import load_external_variant, load_variant, save_variant, variant_paths
+
+    sparsities = check_sparsities(sparsities)
+    variants: list[list[Variant]] = [[Variant("s0", 0.0, b.module)] for b in chain]
+    pruned = [s for s in sparsities if s > 0]
+    train_key = content_key(train_inputs, repr(retrain))
+    derived_keys = {(i, s): content_key("derive", PRUNE_FORMAT, module_keys[i], s) for i in range(len(chain)) for s in pruned}
+    final_keys = {k: content_key("retrain", dk, train_key) for k, dk in derived_keys.items()}
+
+    # ------------------------------------------------------------ derive
+    students: dict[tuple[int, str], Any] = {}
+    with progress.stage("derive (prune)", len(derived_keys)) as advance:
+        for (i, s), dk in derived_keys.items():
+            done = variant_paths(ws.path("variants", final_keys[(i, s)], ""))[1].exists()
+            stem = ws.path("derived", dk, "")
+            if done and until != "derive":
+                report.count("derive", True)
+            elif variant_paths(stem)[1].exists():
+                report.count("derive", True)
+                if not done:
+                    students[(i, variant_name(s))] = load_variant(stem, chain[i].module)[0]
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(block_inputs[i][:1]))
+                result = prune_block(chain[i].module, x, s)
+                for path, reason in result.report.skipped:
+                    logger.info("block %s: layer %s left whole (%s)", chain[i].name, path, reason)
+                save_variant(stem, result.module, result.architecture, {"prune": result.report.to_dict()})
+                report.count("derive", False)
+                if not done:
+                    students[(i, variant_name(s))] = result.module
+            advance()
+    if until == "derive":
+        return variants
+
+    # ------------------------------------------------------------ retrain (all missing students together)
+    if students:
+        teacher = [b.module for b in chain]
+        results = retrain_variants(teacher, students, train_inputs, retrain, progress=progress)
+        for (i, name), module in students.items():
+            s = float(name[1:])
+            stem = ws.path("variants", final_keys[(i, s)], "")
+            arch = _read_architecture(ws.path("derived", derived_keys[(i, s)], ""))
+            r = results[(i, name)]
+            save_variant(stem, module, arch, {"retrain": {k: getattr(r, k) for k in r.__dataclass_fields__}})
+            report.count("retrain", False)
+    for (i, s) in derived_keys:
+        if (i, variant_name(s)) not in students:
+            report.count("retrain", True)
+        module, _ = load_variant(ws.path("variants", final_keys[(i, s)], ""), chain[i].module)
+        variants[i].append(Variant(variant_name(s), s, module))
+
+    # ------------------------------------------------------------ bring your own
+    names = [b.name for b in chain]
+    for ext in external:
+        if ext.block not in names:
+            raise LegoCompileError(f"external variant {ext.name!r}: no block {ext.block!r}; blocks: {', '.join(names)}")
+        i = names.index(ext.block)
+        if any(v.name == ext.name for v in variants[i]):
+            raise LegoCompileError(f"external variant {ext.name!r} clashes with an existing variant of {ext.block}")
+        module = load_external_variant(
+            ext.factory, ext.weights, search_path=ext.search_path, input_shape=chain[i].input_shape,
+            output_shape=chain[i].output_shape, block_name=ext.block,
+        )
+        variants[i].append(Variant(ext.name, ext.sparsity, module))
+    return variants
+
+
+def _read_architecture(stem: Path) -> dict:
+    import json
+
+    from legocompile.variants.store import variant_paths
+
+    return json.loads(variant_paths(stem)[1].read_text())["architecture"]
