@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from legocompile.errors import LegoCompileError
+from legocompile.workspace import atomic_write_bytes
 
 logger = logging.getLogger("legocompile")
 
@@ -107,7 +108,7 @@ class TensorRanges:
             "method": self.method,
             "ranges": {name: [low, high] for name, (low, high) in self.ranges.items()},
         }
-        _atomic_write_text(destination, json.dumps(payload, indent=1) + "\n")
+        atomic_write_bytes(destination, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> TensorRanges:
@@ -140,21 +141,6 @@ class TensorRanges:
         if not isinstance(ranges, dict):
             raise LegoCompileError(f"{source} has no 'ranges' object")
         return cls(ranges={name: tuple(value) for name, value in ranges.items()}, method=str(payload.get("method")))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
 
 
 class _BatchReader:

@@ -25,17 +25,16 @@ line break cannot be represented and are rejected.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from calibration.ranges import TensorRanges
 from legocompile.errors import LegoCompileError
+from legocompile.workspace import atomic_write_bytes
 
 _HEADER_SUFFIX = "EntropyCalibration2"
 _HEADER_RE = re.compile(r"^TRT-(\d+)-(\w+)$")
@@ -89,24 +88,11 @@ def write_trt_cache(ranges: TensorRanges, path: str | os.PathLike[str], *, trt_v
             raise LegoCompileError(f"tensor name {name!r} contains a line break; it cannot go in a TensorRT cache")
         lines.append(f"{name}: {scale_to_hex(scale)}")
     destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="ascii", errors="strict", newline="\n") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, destination)
+        data = ("\n".join(lines) + "\n").encode("ascii")
     except UnicodeEncodeError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise LegoCompileError(
-            f"a tensor name is not ASCII; it cannot go in a TensorRT cache ({destination})"
-        ) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+        raise LegoCompileError(f"a tensor name is not ASCII; it cannot go in a TensorRT cache ({destination})") from None
+    atomic_write_bytes(destination, data)
 
 
 def read_trt_cache(path: str | os.PathLike[str]) -> dict[str, float]:

@@ -80,3 +80,42 @@ def test_bad_model_and_data(tmp_path, text, field):
 def test_missing_file(tmp_path):
     with pytest.raises(LegoCompileError, match="project file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_variants_section(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    cfg = load_config(write(tmp_path, GOOD + """
+[variants]
+sparsities = [0.8, 0.4]
+epochs = 3
+
+[[variants.external]]
+block = "layer2.1"
+name = "legodnn-0.5"
+factory = "theirs:make"
+weights = "w.safetensors"
+sparsity = 0.5
+"""))
+    assert cfg.variants.sparsities == (0.0, 0.4, 0.8)  # the original is always a variant
+    assert cfg.variants.epochs == 3
+    (ext,) = cfg.variants.external
+    assert ext.block == "layer2.1" and ext.sparsity == 0.5 and ext.weights == (tmp_path / "w.safetensors").resolve()
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ("[variants]\nsparsities = [1.0]\n", "[variants].sparsities"),
+        ("[variants]\nsparsities = []\n", "[variants].sparsities"),
+        ("[variants]\nlr = 0\n", "[variants].lr"),
+        ("[variants]\nval_fraction = 1.5\n", "[variants].val_fraction"),
+        ('[[variants.external]]\nblock = "b"\nname = "n"\nfactory = "x:y"\nweights = "nope.pt"\n',
+         "[variants.external.0].weights"),
+        ('[[variants.external]]\nname = "n"\nfactory = "x:y"\nweights = "legocompile.toml"\n',
+         "[variants.external.0].block"),
+    ],
+)
+def test_bad_variants(tmp_path, extra, field):
+    with pytest.raises(LegoCompileError) as e:
+        load_config(write(tmp_path, GOOD + extra))
+    assert field in str(e.value)
