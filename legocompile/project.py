@@ -87,7 +87,7 @@ def example_config(out: Path | None = None) -> ProjectConfig:
                           input_shape=tuple(EXAMPLE_INPUT_SHAPE)),
         data_provider=EXAMPLE_PROVIDER,
         build=BuildConfig(work_dir=cwd / "legocompile-work", out=(out or cwd / "legocompile-out")),
-        variants=VariantsConfig(sparsities=EXAMPLE_SPARSITIES),
+        variants=VariantsConfig(sparsities=EXAMPLE_SPARSITIES, epochs=10),  # 10 suffices: see bench_variants.py
         root=cwd,
     )
 

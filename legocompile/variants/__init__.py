@@ -10,7 +10,16 @@ from legocompile.variants.prune import (
     prune_block,
 )
 
+from legocompile.variants.retrain import RetrainResult, RetrainSettings, retrain_variants
+from legocompile.variants.store import load_external_variant, load_variant, save_variant
+
 __all__ = [
+    "RetrainResult",
+    "RetrainSettings",
+    "load_external_variant",
+    "load_variant",
+    "retrain_variants",
+    "save_variant",
     "ChannelGroup",
     "GroupReport",
     "PruneReport",
