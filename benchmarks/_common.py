@@ -35,7 +35,12 @@ def write_json(path: str | Path, doc: dict) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs: int, rounds: int = 10) -> dict[str, dict]:
-    """Median and p90 (ms) of each function, timed in interleaved rounds so machine drift hits all alike."""
+    """Median and p90 (ms) of each function, timed in interleaved rounds so machine drift hits all alike.
+
+    Rounds are long (``runs / rounds`` calls after 20 warm-up calls): measured here, with 10 calls per round the
+    function timed first after a switch paid ~5% for the other's cache state, which is not a steady state any
+    application sees.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -43,7 +48,7 @@ def interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs: int,
     per_round = max(1, runs // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(5):
+            for _ in range(20):
                 fn()
             for _ in range(per_round):
                 t0 = time.perf_counter()

@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000, help="timed runs per measurement")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-blocks", type=int, default=8)
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -92,7 +93,7 @@ def main() -> None:
         bundle = legocompile.compile(
             model, np.zeros(EXAMPLE_INPUT_SHAPE, np.float32), calibration_data=calib, eval_data=(ex, ey),
             out=tmp / "bundle", work_dir=tmp / "work", precisions=("fp32", "int8"), model_name="resnet18_digits",
-            profile=ProfileConfig(threads=args.threads, runs=200, warmup=50),
+            profile=ProfileConfig(threads=args.threads, runs=200, warmup=50), max_blocks=args.max_blocks,
         )
         build_s = time.perf_counter() - t0
 
@@ -120,8 +121,10 @@ def main() -> None:
         selections = {"all-fp32": [("s0", "fp32")] * len(rt.blocks), "all-int8": [("s0", "int8")] * len(rt.blocks)}
         for name, sel in selections.items():
             rt.select(selection=sel)
-            timing = interleaved({"chain": lambda: rt(x), "whole": run_whole, "eager": eager},
-                                 warmup=args.warmup, runs=args.runs)
+            # PyTorch is timed apart: after a torch call its OpenMP threads spin-wait on the cores for a while,
+            # which would slow whichever ORT measurement came next in an interleaved rotation.
+            timing = interleaved({"chain": lambda: rt(x), "whole": run_whole}, warmup=args.warmup, runs=args.runs)
+            timing |= interleaved({"eager": eager}, warmup=args.warmup, runs=args.runs)
             results[name] = {
                 "chain": timing["chain"], "whole_session": timing["whole"], "pytorch_eager": timing["eager"],
                 "predicted_ms": rt.selection.latency_ms,

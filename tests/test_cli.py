@@ -30,6 +30,10 @@ precisions = ["fp32", "int8"]
 out = "out"
 work_dir = "work"
 
+[variants]
+sparsities = [0.0, 0.5]
+epochs = 1
+
 [calibration]
 method = "percentile"
 num_samples = 64
@@ -82,10 +86,11 @@ def test_build_json(built):
     assert doc["model"] == "tinynet"
     assert [b["name"] for b in doc["blocks"]] == ["conv1-layer1", "layer2-layer3", "layer4-fc"]
     for b in doc["blocks"]:
-        assert [(o["variant"], o["precision"]) for o in b["options"]] == [("s0", "fp32"), ("s0", "int8")]
+        assert [(o["variant"], o["precision"]) for o in b["options"]] == [
+            ("s0", "fp32"), ("s0", "int8"), ("s0.5", "fp32"), ("s0.5", "int8")]
         for o in b["options"]:
             assert {"latency_ms", "latency_p90_ms", "memory_bytes", "accuracy_drop", "export_max_abs_err"} <= set(o)
-    assert doc["built"]["engine"] == 6
+    assert doc["built"]["engine"] == 12 and doc["built"]["retrain"] == 3
     assert (project / "out" / "manifest.json").is_file()
 
 
@@ -95,7 +100,7 @@ def test_second_build_is_all_cached(built, capsys, monkeypatch):
     code, out, _ = cli(capsys, "build", "--json", "-q")
     assert code == 0
     doc = json.loads(out)
-    assert doc["built"] == {} and doc["cached"]["engine"] == 6
+    assert doc["built"] == {} and doc["cached"]["engine"] == 12
 
 
 def test_inspect_optimize_run(built, capsys):
@@ -110,6 +115,7 @@ def test_inspect_optimize_run(built, capsys):
     code, out, _ = cli(capsys, "optimize", out_dir, "--latency-ms", str(budget), "--json")
     opt = json.loads(out)
     assert code == 0 and len(opt["selection"]) == 3
+    assert "additivity" in doc and doc["additivity"]["num_selections"] == 24
     assert set(opt["predicted"]) == {"accuracy", "latency_ms", "memory_bytes"}
     assert opt["predicted"]["latency_ms"] <= budget
 

@@ -68,8 +68,10 @@ def test_switching_reuses_loaded_engines(rt):
 
 def test_budget_selection_respects_budget_and_is_optimal(rt):
     m = rt.manifest
-    fastest = sum(min(o.latency_ms for o in b.options) for b in m.blocks)
-    slowest = sum(max(o.latency_ms for o in b.options) for b in m.blocks)
+    overhead = m.teacher["chain_overhead_ms"]
+    assert overhead >= 0
+    fastest = sum(min(o.latency_ms for o in b.options) for b in m.blocks) + overhead
+    slowest = sum(max(o.latency_ms for o in b.options) for b in m.blocks) + overhead
     for budget in np.linspace(fastest, slowest, 5):
         sel = rt.select(latency_ms=float(budget))
         assert sel.latency_ms <= budget + 1e-9
@@ -79,13 +81,14 @@ def test_budget_selection_respects_budget_and_is_optimal(rt):
         best = max(
             (m.teacher["accuracy"] - sum(o.accuracy_drop for o in combo))
             for combo in itertools.product(*[b.options for b in m.blocks])
-            if sum(o.latency_ms for o in combo) <= budget
+            if sum(o.latency_ms for o in combo) + overhead <= budget
         )
         assert sel.accuracy == pytest.approx(best, abs=1e-12)
 
 
 def test_infeasible_budget_names_the_minimum(rt):
-    fastest = sum(min(o.latency_ms for o in b.options) for b in rt.manifest.blocks)
+    m = rt.manifest
+    fastest = sum(min(o.latency_ms for o in b.options) for b in m.blocks) + m.teacher["chain_overhead_ms"]
     with pytest.raises(InfeasibleBudgetError) as e:
         rt.select(latency_ms=fastest * 0.5)
     assert e.value.min_latency_ms == pytest.approx(fastest)

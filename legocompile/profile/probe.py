@@ -8,8 +8,13 @@ Order matters. The probe first measures **memory**, forking one child per engine
 child loads the engine once and runs it (paging in ORT's code and process-wide state, about 16 MB here, paid once
 per process), reads its resident set size, loads a second instance, runs one inference at the profile batch size
 (which sizes the activation arena), and reads its RSS again; the difference is what keeping that engine loaded
-costs. Then the probe configures ORT threading like the Runtime and measures **latency**: each engine bound to
-preallocated buffers fed a real block input, in interleaved rounds, and the chain of the original fp32 engines.
+costs. Then the probe configures ORT threading like the Runtime and measures **latency in context**: a chain of
+original engines of the same precision runs on real input with one block swapped for the engine being measured,
+and only that engine's call is timed. An engine timed alone, back to back, keeps its weights and activations in
+cache; in a chain its neighbours evict them (4-10% slower here), and how much depends on the neighbours: int8
+engines timed among fp32 neighbours came out ~20% slower than in an int8 chain. Rounds interleave all engines
+so drifts of the machine hit them alike. Finally it times the whole chain as the Runtime calls it (copy in, run the
+blocks, copy out); what that takes beyond the sum of the blocks is the chain's fixed overhead per call.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from legocompile.errors import LegoCompileError
 @dataclass(frozen=True)
 class ProbeEngine:
     path: Path
+    block: int  # position in the chain
+    context: str  # which context chain to time it in (see run_probe's ``contexts``)
     input_shape: tuple[int, ...]  # at the profile batch size
     output_shape: tuple[int, ...]
-    input_file: Path  # .npy with a real input of input_shape
 
 
 def _rss_bytes() -> int:
@@ -76,6 +82,60 @@ def _measure_memory_forked(engines: list[dict], threads: int) -> list[int]:
     return out
 
 
+def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
+    import time
+
+    import numpy as np
+
+    from legocompile.profile.latency import LatencyStats, measure_latency
+
+    contexts = job["contexts"]  # name -> engine index per block position
+    base = contexts[job["overhead_context"]]
+    shapes = [engines[base[0]]["input_shape"]] + [engines[k]["output_shape"] for k in base]
+    bufs = [be.allocate(tuple(s)) for s in shapes]
+    x = np.load(job["chain_input"])
+    bufs[0].numpy()[...] = x
+    bound = [be.load(Path(e["path"])).bind(bufs[e["block"]], bufs[e["block"] + 1]) for e in engines]
+    base_runs = [bound[k] for k in base]
+    context_runs = {name: [bound[k] for k in chain] for name, chain in contexts.items()}
+    rounds, warmup = 10, job["warmup"]
+    per_round = max(1, job["runs"] // rounds)
+    samples: list[list[float]] = [[] for _ in engines]
+    clock = time.perf_counter
+    for r in range(rounds):
+        for k, e in enumerate(engines):
+            runs = list(context_runs[e["context"]])
+            runs[e["block"]] = bound[k]
+            target = bound[k]
+            for it in range((warmup if r == 0 else 2) + per_round):
+                for run in runs:
+                    if run is target:
+                        t0 = clock()
+                        run()
+                        dt = clock() - t0
+                    else:
+                        run()
+                if it >= (warmup if r == 0 else 2):
+                    samples[k].append(dt * 1e3)
+    stats = []
+    for s in samples:
+        a = np.asarray(s)
+        stats.append(LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), len(a), warmup).to_json())
+
+    out = bufs[-1].numpy()
+
+    def runtime_call() -> None:  # what Runtime.__call__ does around the blocks
+        np.copyto(bufs[0].numpy(), x)
+        for run in base_runs:
+            run()
+        out.copy()
+
+    chain = measure_latency(runtime_call, warmup=warmup, runs=job["runs"] * 2).to_json()
+    blocks_ms = sum(stats[k]["latency_ms"] for k in base)
+    chain["overhead_ms"] = max(0.0, chain["latency_ms"] - blocks_ms)
+    return {"latency": stats, "chain": chain}
+
+
 def _serve() -> None:
     """Probe entry point: a JSON job on stdin, a JSON result on stdout."""
     import numpy as np
@@ -87,35 +147,11 @@ def _serve() -> None:
     memory = _measure_memory_forked(engines, job["threads"]) if job["memory"] else []
 
     from legocompile.backends.onnxrt import OnnxRuntimeBackend, configure_threads
-    from legocompile.profile.latency import interleaved_latency, measure_latency
 
     configure_threads(job["threads"])
-    be = OnnxRuntimeBackend()
-    runs, loaded = {}, {}
-    for k, e in enumerate(engines):
-        src, dst = be.allocate(tuple(e["input_shape"])), be.allocate(tuple(e["output_shape"]))
-        src.numpy()[...] = np.load(e["input_file"])
-        loaded[k] = be.load(Path(e["path"]))
-        runs[k] = loaded[k].bind(src, dst)
-    stats = interleaved_latency(runs, warmup=job["warmup"], runs=job["runs"]) if job["latency"] else {}
-    chains = []
-    for chain in job["chains"]:  # lists of engine indices, run back to back on shared boundary buffers
-        bufs = [be.allocate(tuple(engines[chain[0]]["input_shape"]))]
-        bufs += [be.allocate(tuple(engines[k]["output_shape"])) for k in chain]
-        bufs[0].numpy()[...] = np.load(engines[chain[0]]["input_file"])
-        bound = [loaded[k].bind(bufs[i], bufs[i + 1]) for i, k in enumerate(chain)]
-
-        def run_chain(bound=bound) -> None:
-            for r in bound:
-                r()
-
-        chains.append(measure_latency(run_chain, warmup=job["warmup"], runs=job["runs"]).to_json())
-    result = {
-        "memory_bytes": memory,
-        "latency": [stats[k].to_json() for k in range(len(engines))] if stats else [],
-        "chains": chains,
-        "threads": job["threads"],
-    }
+    result = {"memory_bytes": memory, "threads": job["threads"]}
+    if job["latency"]:
+        result.update(_latency_in_context(OnnxRuntimeBackend(), engines, job))
     json.dump(result, sys.stdout)
 
 
@@ -125,11 +161,20 @@ def run_probe(
     threads: int,
     warmup: int,
     runs: int,
-    chains: list[list[int]] = (),
+    contexts: dict[str, list[int]],
+    overhead_context: str,
+    chain_input: Path,
     memory: bool = True,
     latency: bool = True,
 ) -> dict:
-    """Measure ``engines`` (and chains of them, by index) in a fresh probe process; see the module docstring."""
+    """Measure ``engines`` in a fresh probe process; see the module docstring.
+
+    Args:
+        contexts: context name -> index into ``engines`` of the chain's engine at each block position; each
+            engine is timed in the context its ``context`` names.
+        overhead_context: the context whose whole-chain time gives the chain's fixed overhead.
+        chain_input: ``.npy`` with a real input of block 0 at the profile batch size.
+    """
     if not hasattr(os, "fork") or not Path("/proc/self/statm").exists():
         raise LegoCompileError("profiling needs Linux (/proc and fork)")
     job = {
@@ -138,10 +183,12 @@ def run_probe(
         "runs": runs,
         "memory": memory,
         "latency": latency,
-        "chains": [list(c) for c in chains],
+        "contexts": {k: list(v) for k, v in contexts.items()},
+        "overhead_context": overhead_context,
+        "chain_input": str(chain_input),
         "engines": [
-            {"path": str(e.path), "input_shape": list(e.input_shape), "output_shape": list(e.output_shape),
-             "input_file": str(e.input_file)}
+            {"path": str(e.path), "block": e.block, "context": e.context, "input_shape": list(e.input_shape),
+             "output_shape": list(e.output_shape)}
             for e in engines
         ],
     }

@@ -51,7 +51,8 @@ def profile_engines(
     """Profile every engine; return per-engine results and the teacher chain's accuracy and latency."""
     n = len(chain)
     batch = settings.batch_size
-    prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads}
+    prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads,
+                     "method": "in-context-2"}
     teacher_keys = [(i, "s0", "fp32") for i in range(n)]
     paths = {k: ws.path("profiles", content_key("profile", e["sha256"], fingerprint, prof_settings), ".json")
              for k, e in engines.items()}
@@ -89,29 +90,32 @@ def profile_engines(
             }
             advance()
 
-    # Latency and memory of the engines still to do, plus the teacher chain, in one probe run.
-    probe_keys = list(dict.fromkeys(todo + teacher_keys))
+    # Latency (each engine in a chain of original engines of its own precision) and memory, in one probe run.
+    precisions = sorted({k[2] for k in engines})
+    context_keys = {p: [(i, "s0", p) for i in range(n)] for p in precisions}
+    probe_keys = list(dict.fromkeys([k for p in precisions for k in context_keys[p]] + todo))
     with progress.stage("profile latency+memory", 1) as advance, tempfile.TemporaryDirectory() as tmp:
-        inputs = {}
-        for i in {k[0] for k in probe_keys}:
-            inputs[i] = Path(tmp) / f"in{i}.npy"
-            np.save(inputs[i], np.ascontiguousarray(eval_in[i][:batch]))
+        chain_input = Path(tmp) / "x.npy"
+        np.save(chain_input, np.ascontiguousarray(eval_in[0][:batch]))
         probe_engines = [
-            ProbeEngine(engines[k]["path"], (batch, *chain[k[0]].input_shape[1:]),
-                        (batch, *chain[k[0]].output_shape[1:]), inputs[k[0]])
+            ProbeEngine(engines[k]["path"], k[0], k[2], (batch, *chain[k[0]].input_shape[1:]),
+                        (batch, *chain[k[0]].output_shape[1:]))
             for k in probe_keys
         ]
-        measured = run_probe(probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
-                             chains=[[probe_keys.index(k) for k in teacher_keys]])
+        measured = run_probe(
+            probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
+            contexts={p: [probe_keys.index(k) for k in keys] for p, keys in context_keys.items()},
+            overhead_context="fp32", chain_input=chain_input,
+        )
         advance()
     for j, k in enumerate(probe_keys):
-        if k in results and k in todo:
+        if k in todo:
             lat = measured["latency"][j]
             results[k].update(latency_ms=lat["latency_ms"], latency_p90_ms=lat["latency_p90_ms"],
                               memory_bytes=int(measured["memory_bytes"][j]))
             atomic_write_json(paths[k], results[k])
-    chain_lat = measured["chains"][0]
-    teacher = {"accuracy": teacher_acc, "latency_ms": chain_lat["latency_ms"],
-               "latency_p90_ms": chain_lat["latency_p90_ms"], "num_eval": int(len(eval_y))}
+    c = measured["chain"]
+    teacher = {"accuracy": teacher_acc, "latency_ms": c["latency_ms"], "latency_p90_ms": c["latency_p90_ms"],
+               "chain_overhead_ms": c["overhead_ms"], "num_eval": int(len(eval_y))}
     atomic_write_json(teacher_path, teacher)
     return results, teacher
