@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 
 logger = logging.getLogger("legocompile")
 
@@ -61,29 +62,22 @@ def block_inputs(blocks: Sequence[torch.nn.Module], data: np.ndarray, *, batch_s
     num_samples = data_f32.shape[0]
     captured: list[np.ndarray | None] = [data_f32] + [None] * (len(blocks) - 1)
     device = _chain_device(blocks)
-    was_training = [block.training for block in blocks]
-    try:
-        for block in blocks:
-            block.eval()
-        with torch.no_grad():
-            for start in range(0, num_samples, batch_size):
-                stop = min(start + batch_size, num_samples)
-                activation = torch.from_numpy(data_f32[start:stop]).to(device)
-                for index, block in enumerate(blocks[:-1]):
-                    activation = block(activation)
-                    if not isinstance(activation, torch.Tensor):
-                        raise LegoCompileError(
-                            f"block {index} returned {type(activation).__name__}, expected a single tensor"
-                        )
-                    batch_np = activation.detach().to("cpu", torch.float32).numpy()
-                    store = captured[index + 1]
-                    if store is None:
-                        store = np.empty((num_samples, *batch_np.shape[1:]), dtype=np.float32)
-                        captured[index + 1] = store
-                    store[start:stop] = batch_np
-    finally:
-        for block, training in zip(blocks, was_training):
-            block.train(training)
+    with eval_mode(*blocks), torch.no_grad():
+        for start in range(0, num_samples, batch_size):
+            stop = min(start + batch_size, num_samples)
+            activation = torch.from_numpy(data_f32[start:stop]).to(device)
+            for index, block in enumerate(blocks[:-1]):
+                activation = block(activation)
+                if not isinstance(activation, torch.Tensor):
+                    raise LegoCompileError(
+                        f"block {index} returned {type(activation).__name__}, expected a single tensor"
+                    )
+                batch_np = activation.detach().to("cpu", torch.float32).numpy()
+                store = captured[index + 1]
+                if store is None:
+                    store = np.empty((num_samples, *batch_np.shape[1:]), dtype=np.float32)
+                    captured[index + 1] = store
+                store[start:stop] = batch_np
 
     logger.debug(
         "captured inputs of %d blocks over %d samples: %s",

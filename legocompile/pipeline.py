@@ -7,8 +7,6 @@ and builds nothing; an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 from legocompile._log import logger
 from legocompile.config import CalibrationConfig, ProfileConfig, normalize_precisions
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 from legocompile.progress import Progress, SilentProgress
 from legocompile.workspace import Workspace, content_key, sha256_file
 
@@ -150,9 +149,7 @@ def compile(  # noqa: A001 - the public name the API promises
         raise LegoCompileError(f"eval data: {len(eval_x)} inputs but {len(eval_y)} labels")
     example = torch.as_tensor(np.asarray(example_input, dtype=np.float32))[:1]
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with progress.stage("partition", 1) as advance:
             chain = partition(model, example, blocks, max_blocks=max_blocks)
             err = verify_partition(model, chain, torch.from_numpy(eval_x[:16]))
@@ -162,8 +159,6 @@ def compile(  # noqa: A001 - the public name the API promises
                     [model(torch.from_numpy(eval_x[i : i + 256])) for i in range(0, len(eval_x), 256)]
                 ).numpy()
             advance()
-    finally:
-        model.train(was_training)
     if err > PARTITION_TOLERANCE * max(1.0, scale):
         raise LegoCompileError(f"the chain of blocks differs from the model by {err:.3g}; partition is not exact")
     from legocompile.profile import top1

@@ -30,6 +30,7 @@ from legocompile.blocks.graph import (
     valid_cuts,
 )
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def verify_partition(model: nn.Module, blocks: Sequence[Block], x: torch.Tensor)
     Raises:
         LegoCompileError: If the chain's output shape differs from the model's.
     """
-    with _EvalMode(model, *(b.module for b in blocks)), torch.no_grad():
+    with eval_mode(model, *(b.module for b in blocks)), torch.no_grad():
         expected = model(x.clone())  # clones: an in-place first op must not alter the other run's input
         actual = x.clone()
         for block in blocks:
@@ -115,25 +116,9 @@ def verify_partition(model: nn.Module, blocks: Sequence[Block], x: torch.Tensor)
     return float((actual.float() - expected.float()).abs().max()) if expected.numel() else 0.0
 
 
-class _EvalMode:
-    """Context manager: put modules in eval mode, then restore every submodule's training flag."""
-
-    def __init__(self, *modules: nn.Module) -> None:
-        self._flags = [(m, m.training) for root in modules for m in root.modules()]
-        self._modules = modules
-
-    def __enter__(self) -> None:
-        for module in self._modules:
-            module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, flag in self._flags:
-            module.training = flag
-
-
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     name = type(model).__name__
-    with _EvalMode(model):
+    with eval_mode(model):
         try:
             gm = fx.symbolic_trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way

@@ -9,7 +9,6 @@ control flow, and it exports them in ~0.1 s where the dynamo path takes seconds 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 from legocompile.workspace import atomic_write_bytes
 
 OPSET = 17
@@ -32,28 +32,12 @@ class ExportResult:
     num_checked: int
 
 
-@contextlib.contextmanager
-def _frozen_eval(module):
-    """Put every submodule in eval mode and restore each one's own flag afterwards.
-
-    ``torch.onnx.export`` restores only the *wrapper's* training flag on exit, which can leave submodules in the
-    wrong mode; saving and restoring every submodule's flag makes the export side-effect free.
-    """
-    flags = {name: m.training for name, m in module.named_modules()}
-    module.eval()
-    try:
-        yield module
-    finally:
-        for name, m in module.named_modules():
-            m.training = flags.get(name, m.training)
-
-
 def onnx_bytes(module, example_input) -> bytes:
     """Serialise ``module`` (one tensor in, one tensor out) to ONNX bytes in eval mode."""
     import torch
 
     buf = io.BytesIO()
-    with _frozen_eval(module), torch.no_grad(), warnings.catch_warnings():
+    with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -120,7 +104,7 @@ def export_block(module, check_inputs: np.ndarray, path: str | Path, *, batch_si
 
     session = create_session(data)
     max_err = 0.0
-    with _frozen_eval(module), torch.no_grad():
+    with eval_mode(module), torch.no_grad():
         for start in range(0, len(check_inputs), batch_size):
             xb = np.ascontiguousarray(check_inputs[start : start + batch_size], dtype=np.float32)
             ref = module(torch.from_numpy(xb)).numpy()

@@ -138,8 +138,6 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
 
 def _serve() -> None:
     """Probe entry point: a JSON job on stdin, a JSON result on stdout."""
-    import numpy as np
-
     import onnxruntime  # noqa: F401  (imported before forking; no session or thread exists yet)
 
     job = json.load(sys.stdin)

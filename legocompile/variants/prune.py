@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +26,7 @@ from torch import fx, nn
 
 from legocompile._log import logger
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 from legocompile.variants.groups import ChannelGroup, find_groups, record_shapes
 
 _LAYER_TYPES: dict[str, type[nn.Module]] = {
@@ -133,7 +132,7 @@ def prune_block(block: nn.Module, example_input: torch.Tensor, sparsity: float) 
         _set_submodule(module, path, new)
         architecture[path] = spec
 
-    with _eval_mode(module), torch.no_grad():
+    with eval_mode(module), torch.no_grad():
         out = module(example_input)
     if not isinstance(out, torch.Tensor) or out.shape != ref_out.shape:
         raise RuntimeError(
@@ -183,7 +182,7 @@ def _analyse(module: nn.Module, x: torch.Tensor) -> tuple[fx.GraphModule, list[C
                 "make its forward symbolically traceable or pass a torch.fx.GraphModule"
             ) from None
     try:
-        with _eval_mode(module):
+        with eval_mode(module):
             shapes, out = record_shapes(gm, x)
     except Exception as e:  # noqa: BLE001
         raise LegoCompileError(
@@ -193,18 +192,6 @@ def _analyse(module: nn.Module, x: torch.Tensor) -> tuple[fx.GraphModule, list[C
     if not isinstance(out, torch.Tensor):
         raise LegoCompileError(f"block {type(module).__name__} must return one tensor, got {type(out).__name__}")
     return gm, find_groups(gm, shapes), out
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm stats untouched, dropout off) for the duration, then each layer's own mode back."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _select(g: ChannelGroup, modules: dict[str, nn.Module], sparsity: float) -> torch.Tensor:

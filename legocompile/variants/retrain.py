@@ -27,6 +27,7 @@ from torch import nn
 
 from legocompile._log import logger
 from legocompile.errors import LegoCompileError
+from legocompile.modes import eval_mode
 from legocompile.progress import Progress, SilentProgress
 
 StudentKey = tuple[int, str]
@@ -134,7 +135,7 @@ def retrain_variants(
     train_idx, val_idx = validation_split(len(x_all), settings.val_fraction, settings.seed)
     rng = np.random.default_rng([settings.seed, 1])
     states = {key: _Student(key, module, settings.lr) for key, module in students.items()}
-    with _frozen(teacher), _restoring(states.values()):
+    with eval_mode(*teacher), _restoring(states.values()):
         features = _Features(teacher, {i for i, _ in students}, x_all, settings, val_idx)
         _evaluate(states.values(), features, val_idx, settings.batch_size, epoch=0)
         with progress.stage("retrain", settings.epochs) as advance:
@@ -361,16 +362,3 @@ def _restoring(students) -> Iterator[None]:
     finally:
         for s in students:
             s.restore()
-
-
-@contextmanager
-def _frozen(teacher: list[nn.Module]) -> Iterator[None]:
-    """The teacher in eval mode for the duration, then every layer's own training flag back."""
-    modes = [(m, m.training) for block in teacher for m in block.modules()]
-    for block in teacher:
-        block.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
