@@ -59,18 +59,27 @@ def _plot(entries: list[dict], manifest: Manifest, path: Path) -> None:
     lat = [e["latency_ms"] for e in entries]
     acc = [e["accuracy"] * 100 for e in entries]
     mem = [e["memory_bytes"] / 1e6 for e in entries]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2), dpi=110)
     sc = ax[0].scatter(lat, acc, c=mem, cmap="viridis", s=28)
     fig.colorbar(sc, ax=ax[0], label="memory (MB)")
-    ax[0].set_xlabel("predicted latency (ms, sum of profiled engines)")
+    ax[0].set_xlabel("predicted latency (ms)")
     ax[0].set_ylabel("predicted top-1 (%)")
     ax[0].set_title("accuracy vs latency")
     sc = ax[1].scatter(mem, acc, c=lat, cmap="plasma", s=28)
     fig.colorbar(sc, ax=ax[1], label="latency (ms)")
-    ax[1].set_xlabel("memory (MB, sum of profiled engines)")
+    ax[1].set_xlabel("predicted memory (MB)")
     ax[1].set_title("accuracy vs memory")
+    sc = ax[2].scatter(lat, mem, c=acc, cmap="cividis", s=28)
+    fig.colorbar(sc, ax=ax[2], label="predicted top-1 (%)")
+    ax[2].set_xlabel("predicted latency (ms)")
+    ax[2].set_ylabel("predicted memory (MB)")
+    ax[2].set_title("latency vs memory")
+    teacher = manifest.teacher["accuracy"] * 100
+    for a in ax[:2]:
+        a.axhline(teacher, color="grey", lw=0.8, ls="--", label="teacher")
+        low = min(acc + [teacher])
+        a.set_ylim(max(0.0, low - max(1.0, 0.1 * (100 - low))), min(100.5, max(acc + [teacher]) + 0.5))
     for a in ax:
-        a.axhline(manifest.teacher["accuracy"] * 100, color="grey", lw=0.8, ls="--")
         a.grid(alpha=0.3)
     fig.suptitle(f"{manifest.model}: {len(entries)} Pareto-optimal selections ({manifest.device.get('processor', '')})",
                  fontsize=9)
