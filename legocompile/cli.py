@@ -98,7 +98,7 @@ def _build(args, until: str = "bundle") -> None:
     )
     elapsed = time.perf_counter() - t0
     doc = {"stage": until, "work_dir": str(cfg.build.work_dir), "built": report.built, "cached": report.cached,
-           "seconds": round(elapsed, 2)}
+           "unprunable": report.unprunable, "seconds": round(elapsed, 2)}
     if until == "bundle":
         from legocompile.bundle import read_bundle
         from legocompile.inspect import summary
@@ -110,6 +110,12 @@ def _build(args, until: str = "bundle") -> None:
         if until == "bundle":
             _render_summary(d)
             c.print(f"bundle: [bold]{d['bundle']}[/]")
+        if d["unprunable"]:
+            c.print(f"pruning left {len(d['unprunable'])} layers whole (tied to a residual add or the block boundary):")
+            for note in d["unprunable"][:6]:
+                c.print(f"  {note}")
+            if len(d["unprunable"]) > 6:
+                c.print(f"  ... {len(d['unprunable']) - 6} more in --json")
         built = ", ".join(f"{k} {v}" for k, v in d["built"].items()) or "nothing"
         cached = ", ".join(f"{k} {v}" for k, v in d["cached"].items()) or "nothing"
         c.print(f"built: {built}; cached: {cached}; {d['seconds']:.1f} s")

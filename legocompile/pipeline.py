@@ -32,6 +32,7 @@ class BuildReport:
     bundle: Path
     built: dict[str, int] = field(default_factory=dict)
     cached: dict[str, int] = field(default_factory=dict)
+    unprunable: list[str] = field(default_factory=list)  # layers pruning left whole, with the reason
 
     def count(self, stage: str, was_cached: bool) -> None:
         target = self.cached if was_cached else self.built

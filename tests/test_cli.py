@@ -91,6 +91,9 @@ def test_build_json(built):
         for o in b["options"]:
             assert {"latency_ms", "latency_p90_ms", "memory_bytes", "accuracy_drop", "export_max_abs_err"} <= set(o)
     assert doc["built"]["engine"] == 12 and doc["built"]["retrain"] == 3
+    # residual-tied convs are left whole and reported (each basic block's conv2 feeds its residual add)
+    assert doc["unprunable"] and all("left whole" in n for n in doc["unprunable"])
+    assert any("residual add" in n for n in doc["unprunable"])
     assert (project / "out" / "manifest.json").is_file()
 
 

@@ -44,7 +44,7 @@ def test_int8_and_fp16_error_bounds(tiny_bundle):
     m = read_bundle(tiny_bundle["path"])
     model, calib = tiny_bundle["model"], tiny_bundle["calib"]
     blocks = partition(model, torch.zeros(1, 1, 32, 32), "auto", max_blocks=4)
-    h = torch.from_numpy(calib[:64])
+    h = torch.tensor(calib[:64])
     for b, entry in zip(blocks, m.blocks):
         with torch.no_grad():
             out = b.module(h)

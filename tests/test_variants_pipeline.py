@@ -134,6 +134,7 @@ def test_derive_stage_stops_before_retraining(tiny_model, data, tmp_path):
     report = BuildReport(bundle=None)
     build(tiny_model, data, tmp_path, report=report, until="derive")
     assert report.built == {"derive": 4}
+    assert len(report.unprunable) >= 4  # at least one residual-tied conv per block
     assert not (tmp_path / "work" / "variants").exists()
 
 

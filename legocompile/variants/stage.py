@@ -96,13 +96,12 @@ def build_variants(
             else:
                 x = torch.from_numpy(np.ascontiguousarray(block_inputs[i][:1]))
                 result = prune_block(chain[i].module, x, s)
-                for path, reason in result.report.skipped:
-                    logger.info("block %s: layer %s left whole (%s)", chain[i].name, path, reason)
                 save_variant(stem, result.module, result.architecture, {"prune": result.report.to_dict()})
                 report.count("derive", False)
                 if not done:
                     students[(i, variant_name(s))] = result.module
             advance()
+    _report_unprunable(ws, chain, derived_keys, report)
     if until == "derive":
         return variants
 
@@ -137,6 +136,28 @@ def build_variants(
         )
         variants[i].append(Variant(ext.name, ext.sparsity, module))
     return variants
+
+
+def _report_unprunable(ws: Workspace, chain, derived_keys: dict, report) -> None:
+    """Tell the build report which layers pruning left whole, once per block (cached runs included)."""
+    seen: set[int] = set()
+    for (i, _), dk in derived_keys.items():
+        if i in seen:
+            continue
+        seen.add(i)
+        meta = _read_meta(ws.path("derived", dk, ""))
+        for path, reason in meta.get("prune", {}).get("skipped", []):
+            note = f"block {chain[i].name}: {path} left whole ({reason})"
+            logger.info(note)
+            report.unprunable.append(note)
+
+
+def _read_meta(stem: Path) -> dict:
+    import json
+
+    from legocompile.variants.store import variant_paths
+
+    return json.loads(variant_paths(stem)[1].read_text()).get("meta", {})
 
 
 def _read_architecture(stem: Path) -> dict:
