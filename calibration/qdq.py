@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.ranges import TensorRanges
+from calibration.ranges import TensorRanges, load_onnx
 from legocompile.errors import LegoCompileError
 
 logger = logging.getLogger("legocompile")
@@ -151,12 +151,7 @@ def quantize_qdq(
 
     model_path = Path(onnx_in)
     out_path = Path(onnx_out)
-    if not model_path.is_file():
-        raise LegoCompileError(f"ONNX model not found: {model_path}")
-    try:
-        original = onnx.load(str(model_path))
-    except Exception as error:  # onnx raises several unrelated types for a corrupt file
-        raise LegoCompileError(f"cannot load ONNX model {model_path}: {error}") from None
+    original = load_onnx(model_path)
     use_cache_api = _has_cache_path_api()
 
     out_path.parent.mkdir(parents=True, exist_ok=True)

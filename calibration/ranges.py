@@ -220,6 +220,16 @@ def _tensor_order(model: onnx.ModelProto) -> dict[str, int]:
     return order
 
 
+def load_onnx(model_path: Path) -> onnx.ModelProto:
+    """Load an ONNX file, turning a missing or corrupt file into a one-line LegoCompileError."""
+    if not model_path.is_file():
+        raise LegoCompileError(f"ONNX model not found: {model_path}")
+    try:
+        return onnx.load(str(model_path))
+    except Exception as error:  # onnx raises several unrelated types for a corrupt file
+        raise LegoCompileError(f"cannot load ONNX model {model_path}: {error}") from None
+
+
 def compute_ranges(
     onnx_path: str | os.PathLike[str],
     inputs: np.ndarray,
@@ -246,12 +256,7 @@ def compute_ranges(
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator  # noqa: PLC0415
 
     model_path = Path(onnx_path)
-    if not model_path.is_file():
-        raise LegoCompileError(f"ONNX model not found: {model_path}")
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as error:  # onnx raises several unrelated types for a corrupt file
-        raise LegoCompileError(f"cannot load ONNX model {model_path}: {error}") from None
+    model = load_onnx(model_path)
     input_name, dims = _graph_input(model, model_path)
     data, batch_size = _calibration_inputs(inputs, dims, settings, model_path)
     if not np.isfinite(data).all():
