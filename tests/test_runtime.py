@@ -32,7 +32,7 @@ def _all(rt, precision):
 def test_output_matches_pytorch(rt, tiny_bundle, precision):
     x = tiny_bundle["eval"][0][:32]
     with torch.no_grad():
-        ref = tiny_bundle["model"](torch.from_numpy(x)).numpy()
+        ref = tiny_bundle["model"](torch.tensor(x)).numpy()
     rt.select(selection=_all(rt, precision))
     y = rt(x)
     rel = np.abs(y - ref).max() / np.abs(ref).max()
