@@ -261,3 +261,58 @@ def test_external_variant(tmp_path):
     save_file({"0.weight": torch.zeros(1)}, str(bad))
     with pytest.raises(LegoCompileError, match="do not fit"):
         load_external_variant(f"{name}:make", bad, search_path=tmp_path, **shapes)
+
+
+class _InterruptAfter:
+    """A progress reporter that raises KeyboardInterrupt once ``epochs`` epochs have been reported."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.seen = epochs, 0
+
+    def stage(self, name, total):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            def advance(n=1):
+                self.seen += n
+                if n and self.seen >= self.epochs:
+                    raise KeyboardInterrupt
+
+            yield advance
+
+        return cm()
+
+
+def test_killed_retraining_resumes_to_the_same_result(chain, tmp_path):
+    """Interrupt after 2 of 4 epochs, resume from the checkpoint: weights and results equal an uninterrupted run."""
+    teacher, _, inputs = chain
+    settings = RetrainSettings(epochs=4, batch_size=BATCH, patience=10)
+    reference = make_students(chain)
+    expected = retrain_variants(teacher, reference, inputs, settings)
+
+    stem = tmp_path / "ckpt"
+    students = make_students(chain)
+    with pytest.raises(KeyboardInterrupt):
+        retrain_variants(teacher, students, inputs, settings, progress=_InterruptAfter(2), checkpoint=stem)
+    assert Path(f"{stem}.json").exists()
+    assert json.loads(Path(f"{stem}.json").read_text())["epoch"] == 2
+
+    resumed = make_students(chain)  # a fresh process would rebuild the pruned students from disk like this
+    got = retrain_variants(teacher, resumed, inputs, settings, checkpoint=stem)
+    for key in expected:
+        assert got[key].best_val_mse == pytest.approx(expected[key].best_val_mse, rel=1e-6)
+        assert got[key].epochs_run == expected[key].epochs_run == 4
+        for (name, a), b in zip(reference[key].state_dict().items(), resumed[key].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_foreign_checkpoint_is_ignored(chain, tmp_path):
+    teacher, _, inputs = chain
+    settings = RetrainSettings(epochs=1, batch_size=BATCH)
+    stem = tmp_path / "ckpt"
+    retrain_variants(teacher, make_students(chain, blocks=(0,)), inputs, settings, checkpoint=stem)
+    # a different set of students must not pick up block 0's state
+    results = retrain_variants(teacher, make_students(chain, blocks=(1, 2)), inputs, settings, checkpoint=stem)
+    assert set(results) == {(1, "s0.5"), (2, "s0.5")}
+    assert all(r.epochs_run == 1 for r in results.values())

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from legocompile._log import logger
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
+from legocompile.variants.checkpoint import load_checkpoint, save_checkpoint
 from legocompile.progress import Progress, SilentProgress
 
 StudentKey = tuple[int, str]
@@ -107,6 +109,7 @@ def retrain_variants(
     settings: RetrainSettings,
     *,
     progress: Progress | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[StudentKey, RetrainResult]:
     """Train every student in place to reproduce its teacher block's output from the teacher's input to it.
 
@@ -116,6 +119,8 @@ def retrain_variants(
         train_inputs: Inputs of block 0, ``(N, ...)``; a seeded ``settings.val_fraction`` is held out.
         settings: Epochs, learning rate, batch size, early stopping, feature cache budget.
         progress: A :class:`legocompile.progress.Progress`; one stage ``"retrain"`` advanced per epoch.
+        checkpoint: A path stem: after every epoch the whole state is saved there, and a run finding a matching
+            checkpoint resumes after its epoch (see :mod:`legocompile.variants.checkpoint`).
 
     Returns:
         One :class:`RetrainResult` per student key. The students end in eval mode with their best state.
@@ -137,9 +142,12 @@ def retrain_variants(
     states = {key: _Student(key, module, settings.lr) for key, module in students.items()}
     with eval_mode(*teacher), _restoring(states.values()):
         features = _Features(teacher, {i for i, _ in students}, x_all, settings, val_idx)
-        _evaluate(states.values(), features, val_idx, settings.batch_size, epoch=0)
+        done = load_checkpoint(checkpoint, states.values(), rng) if checkpoint is not None else 0
+        if not done:
+            _evaluate(states.values(), features, val_idx, settings.batch_size, epoch=0)
         with progress.stage("retrain", settings.epochs) as advance:
-            for epoch in range(1, settings.epochs + 1):
+            advance(done)
+            for epoch in range(done + 1, settings.epochs + 1):
                 active = [s for s in states.values() if not s.stopped]
                 if not active:
                     advance(settings.epochs - epoch + 1)
@@ -160,6 +168,8 @@ def retrain_variants(
                     epoch, settings.epochs, len(active), len(states),
                     float(np.mean([s.last_mse for s in active])), sum(s.stopped for s in active),
                 )
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, epoch, states.values(), rng)
                 advance()
     logger.info("retrained %d students; teacher ran on %d samples", len(states), features.teacher_samples)
     return {key: s.result() for key, s in states.items()}

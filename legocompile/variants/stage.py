@@ -70,6 +70,7 @@ def build_variants(
     """Every block's variants, original first. Stops after pruning when ``until == "derive"``."""
     import torch
 
+    from legocompile.variants.checkpoint import remove_checkpoint
     from legocompile.variants.prune import prune_block
     from legocompile.variants.retrain import retrain_variants
     from legocompile.variants.store import load_external_variant, load_variant, save_variant, variant_paths
@@ -108,7 +109,9 @@ def build_variants(
     # ------------------------------------------------------------ retrain (all missing students together)
     if students:
         teacher = [b.module for b in chain]
-        results = retrain_variants(teacher, students, train_inputs, retrain, progress=progress)
+        checkpoint = ws.path("retrain", content_key(sorted(final_keys[(i, float(n[1:]))] for i, n in students)), "")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        results = retrain_variants(teacher, students, train_inputs, retrain, progress=progress, checkpoint=checkpoint)
         for (i, name), module in students.items():
             s = float(name[1:])
             stem = ws.path("variants", final_keys[(i, s)], "")
@@ -116,6 +119,7 @@ def build_variants(
             r = results[(i, name)]
             save_variant(stem, module, arch, {"retrain": {k: getattr(r, k) for k in r.__dataclass_fields__}})
             report.count("retrain", False)
+        remove_checkpoint(checkpoint)
     for (i, s) in derived_keys:
         if (i, variant_name(s)) not in students:
             report.count("retrain", True)
