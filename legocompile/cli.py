@@ -158,7 +158,9 @@ def _render_summary(d: dict) -> None:
     c.print(table)
     if d.get("additivity"):
         a = d["additivity"]
-        c.print(f"additivity: mean |predicted - measured| accuracy = {a['mean_abs_error'] * 100:.2f} pt over {a['num_selections']} selections")
+        c.print(f"accuracy model check over {a['num_selections']} random selections: mean |predicted - measured| = "
+                f"{a['mean_abs_error'] * 100:.2f} pt (LegoDNN's additive model: "
+                f"{a.get('additive_mean_abs_error', float('nan')) * 100:.2f} pt)")
 
 
 def cmd_inspect(args) -> None:

@@ -14,6 +14,7 @@ import torch
 from legocompile import Runtime
 from legocompile.errors import LegoCompileError
 from legocompile.optimize import InfeasibleBudgetError
+from legocompile.optimize.select import predicted_accuracy
 
 # max |runtime - PyTorch| relative to max |PyTorch logits|, per precision (all blocks at that precision)
 TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "int8": 0.25}
@@ -79,7 +80,7 @@ def test_budget_selection_respects_budget_and_is_optimal(rt):
         import itertools
 
         best = max(
-            (m.teacher["accuracy"] - sum(o.accuracy_drop for o in combo))
+            predicted_accuracy(m.teacher["accuracy"], [o.accuracy_drop for o in combo])
             for combo in itertools.product(*[b.options for b in m.blocks])
             if sum(o.latency_ms for o in combo) + overhead <= budget
         )

