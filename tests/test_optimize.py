@@ -419,3 +419,16 @@ def test_solution_fits():
     assert not solution.fits(Budget(latency_ms=0.99))
     assert not solution.fits(Budget(memory_bytes=9))
     assert math.isclose(solution.latency_ms, 1.0)
+
+
+def test_accuracy_model():
+    from legocompile.optimize.select import additive_accuracy, predicted_accuracy, retention
+
+    t = 0.8
+    assert predicted_accuracy(t, []) == pytest.approx(t)
+    assert predicted_accuracy(t, [0.0, 0.0]) == pytest.approx(t)
+    # two blocks that each cost half the accuracy: the errors overlap, 0.8 * 0.5 * 0.5, not 0.8 - 0.8
+    assert predicted_accuracy(t, [0.4, 0.4]) == pytest.approx(0.2)
+    assert additive_accuracy(t, [0.4, 0.4]) == pytest.approx(0.0)
+    assert predicted_accuracy(t, [-0.3, -0.3]) == 1.0  # never past a perfect score
+    assert retention(0.9, t) > 0  # an option worse than useless still has a finite cost

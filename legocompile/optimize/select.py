@@ -62,8 +62,9 @@ def retention(drop: float, teacher_accuracy: float) -> float:
 
 
 def predicted_accuracy(teacher_accuracy: float, drops) -> float:
-    """The multiplicative model: ``T * prod(1 - d / T)``."""
-    return float(teacher_accuracy * math.prod(retention(d, teacher_accuracy) for d in drops))
+    """The multiplicative model: ``T * prod(1 - d / T)``, at most 1 (options that measured better than the
+    teacher, i.e. negative drops, cannot lift the prediction past a perfect score)."""
+    return float(min(1.0, teacher_accuracy * math.prod(retention(d, teacher_accuracy) for d in drops)))
 
 
 def additive_accuracy(teacher_accuracy: float, drops) -> float:
