@@ -27,29 +27,15 @@ def main() -> None:
     ap.add_argument("--selections", type=int, default=40)
     args = ap.parse_args()
 
-    import torch
-
     import legocompile
     from legocompile.bundle import read_bundle
     from legocompile.config import ProfileConfig
     from legocompile.examples.digits import load_splits
-    from legocompile.examples.resnet import resnet18_digits
+    from legocompile.examples.train import quick_fit
     from legocompile.variants.retrain import RetrainSettings
 
-    torch.manual_seed(0)
-    model = resnet18_digits(width=4)
+    model = quick_fit(width=4, epochs=2)
     s = load_splits()
-    x, y = torch.tensor(s.x_train), torch.tensor(s.y_train).long()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(2):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
     tmp = Path(tempfile.mkdtemp(prefix="lc-accmodel-"))
     try:
         t0 = time.perf_counter()

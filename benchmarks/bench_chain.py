@@ -10,7 +10,6 @@ the Runtime's chain, one ORT session of the whole model, a naive chain (one defa
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import tempfile
 import time
@@ -73,14 +72,12 @@ def main() -> None:
     ap.add_argument("--max-blocks", type=int, default=8)
     args = ap.parse_args()
 
-    import onnxruntime as ort
     import torch
 
     import legocompile
     from legocompile.config import ProfileConfig
     from legocompile.examples import EXAMPLE_INPUT_SHAPE, load_example_model
     from legocompile.examples.digits import dataset
-    from legocompile.export import INPUT_NAME, OUTPUT_NAME
     from legocompile.export.onnx_export import onnx_bytes
     from legocompile.optimize.select import select_options
 

@@ -48,23 +48,9 @@ def digits_small():
 @pytest.fixture(scope="session")
 def tiny_model():
     """A width-4 CIFAR ResNet-18 (1 input channel), briefly fitted to digits so that accuracies mean something."""
-    from legocompile.examples.digits import load_splits
-    from legocompile.examples.resnet import resnet18_digits
+    from legocompile.examples.train import quick_fit
 
-    torch.manual_seed(0)
-    model = resnet18_digits(width=4)
-    s = load_splits()
-    x, y = torch.tensor(s.x_train), torch.tensor(s.y_train).long()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(2):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return quick_fit(width=4, epochs=2)
 
 
 @pytest.fixture(scope="session")

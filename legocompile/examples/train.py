@@ -158,6 +158,25 @@ def train(
     return model.eval(), meta
 
 
+def quick_fit(width: int = 4, epochs: int = 2, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+    """A deliberately under-trained ``resnet18_digits`` (Adam, no augmentation), for tests and benchmarks that need
+    a model whose variants visibly lose accuracy. Returns it in eval mode."""
+    torch.manual_seed(seed)
+    model = resnet18_digits(width=width)
+    splits = load_splits()
+    x, y = torch.tensor(splits.x_train), torch.tensor(splits.y_train).long()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Writes a file via a temporary sibling and ``os.replace``.
 

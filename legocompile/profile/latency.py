@@ -32,28 +32,3 @@ def measure_latency(run: Callable[[], object], *, warmup: int = 20, runs: int = 
         samples[i] = clock() - t0
     samples *= 1e3
     return LatencyStats(float(np.median(samples)), float(np.percentile(samples, 90)), runs, warmup)
-
-
-def interleaved_latency(
-    runs_by_name: dict[str, Callable[[], object]], *, warmup: int = 20, runs: int = 100, rounds: int = 5
-) -> dict[str, LatencyStats]:
-    """Time several engines in interleaved rounds so slow drifts of the machine hit all of them alike."""
-    samples: dict[str, list[float]] = {k: [] for k in runs_by_name}
-    per_round = max(1, runs // rounds)
-    for fn in runs_by_name.values():
-        for _ in range(warmup):
-            fn()
-    clock = time.perf_counter
-    for _ in range(rounds):
-        for name, fn in runs_by_name.items():
-            for _ in range(3):
-                fn()
-            for _ in range(per_round):
-                t0 = clock()
-                fn()
-                samples[name].append((clock() - t0) * 1e3)
-    out = {}
-    for name, s in samples.items():
-        a = np.asarray(s)
-        out[name] = LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), len(a), warmup)
-    return out
