@@ -5,6 +5,8 @@ Public API (imported lazily, so ``import calibration`` pulls in neither torch no
 * :func:`block_inputs` (:mod:`calibration.capture`): every block's input activations over calibration data.
 * :class:`CalibrationSettings`, :class:`TensorRanges`, :func:`compute_ranges` (:mod:`calibration.ranges`).
 * :func:`quantize_qdq` (:mod:`calibration.qdq`): int8 QDQ ONNX model from cached ranges.
+* :class:`Int8Recipe`, :func:`choose_recipe`, :func:`host_recipe` (:mod:`calibration.recipe`): the int8 format
+  that suits a CPU (u8s8 saturates on x86 without VNNI).
 * :func:`write_trt_cache`, :func:`read_trt_cache` (:mod:`calibration.trt_cache`): TensorRT calibration cache.
 """
 
@@ -20,6 +22,9 @@ _EXPORTS = {
     "TensorRanges": "calibration.ranges",
     "compute_ranges": "calibration.ranges",
     "quantize_qdq": "calibration.qdq",
+    "Int8Recipe": "calibration.recipe",
+    "choose_recipe": "calibration.recipe",
+    "host_recipe": "calibration.recipe",
     "write_trt_cache": "calibration.trt_cache",
     "read_trt_cache": "calibration.trt_cache",
 }

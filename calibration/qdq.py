@@ -5,8 +5,8 @@ calibrating again: through ``quantize_static``'s ``calibration_cache_path`` wher
 else by building ``QDQQuantizer`` with those ranges as ``quantize_static`` itself does.
 
 The quantized graph keeps float32 input ``x`` and output ``y`` (QuantizeLinear/DequantizeLinear pairs sit inside),
-so int8 blocks chain with fp32 ones. Activations are asymmetric ``QUInt8`` and weights symmetric ``QInt8``
-(per output channel by default): the combination ORT's x86 CPU kernels are tuned for.
+so int8 blocks chain with fp32 ones. The int8 format (u8s8, u8u8 or u8s8 with reduce_range) is an
+:class:`~calibration.recipe.Int8Recipe`, chosen from the CPU by :mod:`calibration.recipe`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from calibration.ranges import TensorRanges, load_onnx
+from calibration.recipe import RECIPES, Int8Recipe
 from legocompile.errors import LegoCompileError
 
 logger = logging.getLogger("legocompile")
@@ -29,9 +30,15 @@ logger = logging.getLogger("legocompile")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
-def _extra_options() -> dict[str, object]:
+def _extra_options(recipe: Int8Recipe) -> dict[str, object]:
     """ORT quantizer options shared by both code paths."""
-    return {"ActivationSymmetric": False, "WeightSymmetric": True}
+    return {"ActivationSymmetric": recipe.activation == "int8", "WeightSymmetric": recipe.weight == "int8"}
+
+
+def _quant_type(name: str):  # -> onnxruntime.quantization.QuantType
+    from onnxruntime.quantization import QuantType  # noqa: PLC0415
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
 def _io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -66,10 +73,10 @@ def _tensors_data(ranges: TensorRanges):  # -> onnxruntime.quantization.calibrat
 
 
 def _quantize_from_cache_file(
-    model_path: Path, out_path: Path, ranges: TensorRanges, per_channel: bool, temp_dir: Path
+    model_path: Path, out_path: Path, ranges: TensorRanges, recipe: Int8Recipe, temp_dir: Path
 ) -> None:
     """Quantizes through ``quantize_static(calibration_cache_path=...)``, ORT's supported way to reuse ranges."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.calibrate import save_tensors_data  # noqa: PLC0415
 
     cache_path = temp_dir / "ort_calibration_cache.json"
@@ -79,22 +86,21 @@ def _quantize_from_cache_file(
         out_path,
         calibration_data_reader=None,
         quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=False,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        per_channel=recipe.per_channel,
+        reduce_range=recipe.reduce_range,
+        activation_type=_quant_type(recipe.activation),
+        weight_type=_quant_type(recipe.weight),
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options=_extra_options(),
+        extra_options=_extra_options(recipe),
         calibration_cache_path=cache_path,
     )
 
 
-def _quantize_with_quantizer(model_path: Path, out_path: Path, ranges: TensorRanges, per_channel: bool) -> None:
+def _quantize_with_quantizer(model_path: Path, out_path: Path, ranges: TensorRanges, recipe: Int8Recipe) -> None:
     """Quantizes by building ORT's ``QDQQuantizer`` with the cached ranges, as ``quantize_static`` does.
 
     Used where ``quantize_static`` has no ``calibration_cache_path`` (ONNX Runtime before the calibration cache).
     """
-    from onnxruntime.quantization import QuantType  # noqa: PLC0415
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer  # noqa: PLC0415
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer  # noqa: PLC0415
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry  # noqa: PLC0415
@@ -102,15 +108,15 @@ def _quantize_with_quantizer(model_path: Path, out_path: Path, ranges: TensorRan
     model = load_model_with_shape_infer(model_path)
     quantizer = QDQQuantizer(
         model,
-        per_channel,
-        False,  # reduce_range
-        QuantType.QInt8,  # weights
-        QuantType.QUInt8,  # activations
+        recipe.per_channel,
+        recipe.reduce_range,
+        _quant_type(recipe.weight),
+        _quant_type(recipe.activation),
         _tensors_data(ranges),
         [],  # nodes_to_quantize: all
         [],  # nodes_to_exclude: none
         sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        _extra_options(),
+        _extra_options(recipe),
     )
     quantizer.quantize_model()
     quantizer.model.save_model_to_file(str(out_path), False)
@@ -127,8 +133,7 @@ def quantize_qdq(
     onnx_in: str | os.PathLike[str],
     onnx_out: str | os.PathLike[str],
     ranges: TensorRanges,
-    *,
-    per_channel: bool = True,
+    recipe: Int8Recipe = RECIPES["u8s8"],
 ) -> None:
     """Writes the static int8 QDQ version of a block graph, quantized with cached ranges (no calibration run).
 
@@ -141,7 +146,8 @@ def quantize_qdq(
         onnx_in: The fp32 block graph the ranges were computed on.
         onnx_out: Destination of the int8 QDQ graph (its folder is created if missing).
         ranges: Ranges of the graph's tensors, from :func:`calibration.ranges.compute_ranges`.
-        per_channel: Quantize weights per output channel (else per tensor).
+        recipe: The int8 format (:mod:`calibration.recipe`; :func:`calibration.recipe.host_recipe` picks one for
+            this CPU). The default, u8s8, saturates on x86 without VNNI.
 
     Raises:
         LegoCompileError: If the model is missing or unreadable, or ``ranges`` does not cover its float tensors
@@ -174,9 +180,9 @@ def quantize_qdq(
                     "recompute them with compute_ranges on this model"
                 )
             if use_cache_api:
-                _quantize_from_cache_file(preprocessed, temp_out, ranges, per_channel, temp_dir)
+                _quantize_from_cache_file(preprocessed, temp_out, ranges, recipe, temp_dir)
             else:
-                _quantize_with_quantizer(preprocessed, temp_out, ranges, per_channel)
+                _quantize_with_quantizer(preprocessed, temp_out, ranges, recipe)
 
         quantized = onnx.load(str(temp_out))
         if _io_names(quantized) != _io_names(original):
@@ -192,9 +198,9 @@ def quantize_qdq(
     op_types = [node.op_type for node in quantized.graph.node]
     counts = {op: op_types.count(op) for op in ("QuantizeLinear", "DequantizeLinear")}
     logger.info(
-        "wrote int8 QDQ model %s (%d QuantizeLinear, %d DequantizeLinear, per_channel=%s)",
+        "wrote int8 QDQ model %s (%d QuantizeLinear, %d DequantizeLinear, recipe %s)",
         out_path,
         counts["QuantizeLinear"],
         counts["DequantizeLinear"],
-        per_channel,
+        recipe.name,
     )

@@ -33,8 +33,13 @@ class Backend(Protocol):
         """Versions and device facts that an engine built by this backend is tied to (part of every cache key)."""
         ...
 
-    def build(self, onnx_path: Path, precision: str, out_path: Path, *, ranges: Any = None) -> None:
-        """Build the engine for ``precision`` from ``onnx_path`` into ``out_path`` (written atomically)."""
+    def build(
+        self, onnx_path: Path, precision: str, out_path: Path, *, ranges: Any = None, recipe: Any = None
+    ) -> None:
+        """Build the engine for ``precision`` from ``onnx_path`` into ``out_path`` (written atomically).
+
+        ``ranges`` are the block's calibration ranges and ``recipe`` its :class:`calibration.recipe.Int8Recipe`
+        (int8 only; backends with one int8 format ignore the recipe)."""
         ...
 
     def load(self, engine_path: Path) -> Engine: ...

@@ -71,7 +71,7 @@ class OnnxRuntimeBackend:
             "processor": _cpu_model(),
         }
 
-    def build(self, onnx_path: Path, precision: str, out_path: Path, *, ranges=None) -> None:
+    def build(self, onnx_path: Path, precision: str, out_path: Path, *, ranges=None, recipe=None) -> None:
         if precision == "fp32":
             atomic_produce(out_path, lambda tmp: _optimize(onnx_path, tmp))
         elif precision == "fp16":
@@ -80,9 +80,10 @@ class OnnxRuntimeBackend:
             if ranges is None:
                 raise LegoCompileError("int8 engines need calibration ranges")
             from calibration.qdq import quantize_qdq
+            from calibration.recipe import host_recipe
 
             with ort_compat():
-                atomic_produce(out_path, lambda tmp: quantize_qdq(onnx_path, tmp, ranges))
+                atomic_produce(out_path, lambda tmp: quantize_qdq(onnx_path, tmp, ranges, recipe or host_recipe()[0]))
         else:
             raise LegoCompileError(f"onnxruntime backend: unknown precision {precision!r}")
 

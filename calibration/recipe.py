@@ -1,0 +1,97 @@
+"""Which int8 format a QDQ engine uses, chosen from what the CPU that runs it can do.
+
+ONNX Runtime's x86 int8 convolution and GEMM kernels multiply uint8 activations by int8 weights ("u8s8"). Without
+VNNI they do it with ``VPMADDUBSW``, which adds two u8×s8 products into a *saturating* int16: large activations
+against large weights clip. ORT documents this and suggests U8U8 or ``reduce_range`` (7-bit weights) on such CPUs.
+CPUs with AVX-512 VNNI, AVX-VNNI or AMX accumulate in int32 and do not saturate; ARM's kernels widen first.
+
+Measured on an AMD EPYC (AVX2, no VNNI), relative L2 error against the fp32 block on held-out inputs:
+
+* the tests' tiny ResNet, first block (stem + first residual block): u8s8 34.5%, u8s8 with reduce_range 1.6%,
+  u8u8 1.4%, s8s8 62%; its other blocks 1.4-2.1% with either fix;
+* the built-in example: see :data:`DEFAULT_WITHOUT_VNNI` for the figures that picked the default.
+
+So :func:`choose_recipe` keeps u8s8 where it is exact and fast, and picks the non-saturating recipe elsewhere. The
+recipe is recorded in the manifest and is an input of every int8 engine's cache key. ``[build] int8_format`` forces
+one (``auto`` is the default), which is how the tests exercise every path on any machine.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from legocompile.errors import LegoCompileError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int8Recipe:
+    """How ORT's quantizer writes a block's QDQ graph.
+
+    Attributes:
+        name: ``u8s8``, ``u8u8`` or ``u8s8-reduce-range``.
+        activation: ``uint8`` (asymmetric; the type ORT's x86 kernels take for activations).
+        weight: ``int8`` (symmetric) or ``uint8`` (asymmetric).
+        reduce_range: 7-bit weights, which keeps ``VPMADDUBSW``'s pair sums below int16's limit.
+        per_channel: per-output-channel weight scales.
+    """
+
+    name: str
+    activation: str = "uint8"
+    weight: str = "int8"
+    reduce_range: bool = False
+    per_channel: bool = True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, Int8Recipe] = {
+    "u8s8": Int8Recipe(name="u8s8"),
+    "u8u8": Int8Recipe(name="u8u8", weight="uint8"),
+    "u8s8-reduce-range": Int8Recipe(name="u8s8-reduce-range", reduce_range=True),
+}
+FORMATS = ("auto", *RECIPES)
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+# Chosen by measurement on the built-in example (AMD EPYC, AVX2): see README "int8 on every CPU".
+DEFAULT_WITHOUT_VNNI = "u8u8"
+
+
+def choose_recipe(requested: str, *, machine: str, cpu_flags: frozenset[str]) -> tuple[Int8Recipe, str]:
+    """The recipe for ``requested`` (a name from :data:`FORMATS`) on a CPU, and the reason, in words.
+
+    Args:
+        requested: ``auto`` picks from the CPU; any other name forces that recipe.
+        machine: ``platform.machine()`` of the CPU that runs the engines.
+        cpu_flags: its feature flags (as in ``/proc/cpuinfo``).
+    """
+    if requested not in FORMATS:
+        raise LegoCompileError(f"unknown int8 format {requested!r}; choose from {', '.join(FORMATS)}")
+    if requested != "auto":
+        return RECIPES[requested], f"{requested} requested"
+    if machine.lower() not in X86_MACHINES:
+        return RECIPES["u8s8"], f"u8s8: {machine} kernels do not saturate"
+    vnni = sorted(VNNI_FLAGS & cpu_flags)
+    if vnni:
+        return RECIPES["u8s8"], f"u8s8: the CPU has {vnni[0]} (int32 accumulation, no saturation)"
+    return (RECIPES[DEFAULT_WITHOUT_VNNI],
+            f"{DEFAULT_WITHOUT_VNNI}: x86 without VNNI, where u8s8 saturates (VPMADDUBSW's int16 pair sums)")
+
+
+def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """This machine's CPU feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_recipe(requested: str = "auto") -> tuple[Int8Recipe, str]:
+    """:func:`choose_recipe` for the CPU this process runs on."""
+    return choose_recipe(requested, machine=platform.machine(), cpu_flags=host_cpu_flags())
