@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,11 +44,26 @@ def content_key(*parts: Any) -> str:
     return h.hexdigest()[:24]
 
 
+def _temp_file(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Create a new empty file in ``directory`` for writing, like ``tempfile.mkstemp`` but with the mode an ordinary
+    file gets (0666 minus the umask), not 0600: artefacts are meant to be read by whoever may read the folder."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The file gets the mode any new file gets (0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,7 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -65,16 +80,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_produce(path: str | os.PathLike, produce: Callable[[Path], None]) -> Path:
-    """Have ``produce(tmp_path)`` write a file, then rename it to ``path`` (for writers that want a path)."""
+    """Have ``produce(tmp_path)`` write a file, then rename it to ``path`` (for writers that want a path).
+
+    ``tmp_path`` exists (empty, mode 0666 minus the umask) when ``produce`` is called."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = _temp_file(path.parent, f".{path.stem}.", path.suffix)
     os.close(fd)
     try:
-        produce(Path(tmp))
+        produce(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
