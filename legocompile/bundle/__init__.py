@@ -1,15 +1,22 @@
-"""The engine bundle: ``manifest.json`` + ``engines/`` + ``onnx/``; whole or absent, verified on load."""
+"""The engine bundle: ``manifest.json`` + ``engines/`` + ``onnx/``; whole or absent, every file checksummed.
 
-from legocompile.bundle.manifest import SCHEMA_VERSION, BlockEntry, Manifest, OptionEntry, TensorSpec
-from legocompile.bundle.reader import read_bundle
-from legocompile.bundle.writer import write_bundle
+A bundle is data: reading, verifying or running one never imports or calls anything named in it.
+"""
+
+from legocompile.bundle.manifest import SCHEMA_VERSION, BlockEntry, Manifest, ManifestError, OptionEntry, TensorSpec
+from legocompile.bundle.reader import read_bundle, read_verified_bytes, verify_bundle
+from legocompile.bundle.writer import is_bundle_dir, write_bundle
 
 __all__ = [
     "SCHEMA_VERSION",
     "BlockEntry",
     "Manifest",
+    "ManifestError",
     "OptionEntry",
     "TensorSpec",
+    "is_bundle_dir",
     "read_bundle",
+    "read_verified_bytes",
+    "verify_bundle",
     "write_bundle",
 ]

@@ -3,14 +3,30 @@
 Paths inside are relative to the bundle folder and use ``/``. Latencies are milliseconds, memory bytes,
 accuracies fractions in [0, 1]; an ``accuracy_drop`` is teacher accuracy minus the accuracy of the chain in which
 that option replaced the block (so it can be slightly negative).
+
+Schema 2 adds ``files``: every file of the bundle except ``manifest.json`` itself (engines and ONNX exports),
+bundle-relative path -> sha256 of its bytes. The writer computes it from what it copies; the reader checks every
+entry. A bundle is data: nothing in a manifest names code to import or run.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+from legocompile.errors import LegoCompileError
+
+SCHEMA_VERSION = 2
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestError(LegoCompileError):
+    """``manifest.json`` does not match the schema (a wrong type, a missing or unknown key)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,9 +42,9 @@ class OptionEntry:
     sparsity: float | None  # None for a user-supplied variant of unknown sparsity
     precision: str  # fp32 | fp16 | int8
     backend: str
-    engine: str  # relative path of the engine file
-    sha256: str  # of the engine file
-    onnx: str  # relative path of the exported fp32 ONNX the engine was built from
+    engine: str  # relative path of the engine file (listed in Manifest.files)
+    sha256: str  # of the engine file (equal to Manifest.files[engine])
+    onnx: str  # relative path of the exported fp32 ONNX the engine was built from (listed in Manifest.files)
     params: int  # parameters of the variant's PyTorch block
     export_max_abs_err: float  # |ORT fp32 - PyTorch| on real block inputs
     latency_ms: float  # median, batch = profile batch size
@@ -36,6 +52,8 @@ class OptionEntry:
     memory_bytes: int  # resident when loaded and run once (weights + arena)
     accuracy_drop: float  # teacher accuracy minus accuracy with this option in the otherwise original chain
     output_max_abs_err: float = 0.0  # |this engine - fp32 original block| on real block inputs
+    accuracy_gate: dict[str, Any] | None = None  # measured error of this engine against its fp32 ONNX, and tolerance
+    excluded: str | None = None  # None: selectable; else the one-line reason the engine is not a selectable option
 
     @property
     def key(self) -> tuple[str, str]:
@@ -54,8 +72,6 @@ class BlockEntry:
             if o.variant == variant and o.precision == precision:
                 return o
         have = ", ".join(f"{o.variant}/{o.precision}" for o in self.options)
-        from legocompile.errors import LegoCompileError
-
         raise LegoCompileError(f"block {self.name!r} has no option {variant}/{precision}; it has {have}")
 
 
@@ -70,34 +86,103 @@ class Manifest:
     tools: dict[str, str]
     settings: dict[str, Any]  # profile + calibration settings used
     additivity: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read to load or run anything
+    files: dict[str, str] = field(default_factory=dict)  # bundle-relative path -> sha256; set by write_bundle
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @staticmethod
-    def from_json(doc: dict) -> "Manifest":
-        def spec(d: dict) -> TensorSpec:
-            return TensorSpec(name=d["name"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"))
+    def from_json(doc: Any) -> "Manifest":
+        """Build a Manifest from parsed JSON, checking every key and type.
 
-        blocks = tuple(
-            BlockEntry(
-                name=b["name"],
-                input=spec(b["input"]),
-                output=spec(b["output"]),
-                options=tuple(OptionEntry(**o) for o in b["options"]),
-            )
-            for b in doc["blocks"]
-        )
-        return Manifest(
-            schema_version=doc["schema_version"],
-            model=doc["model"],
-            input=spec(doc["input"]),
-            blocks=blocks,
-            teacher=doc["teacher"],
-            device=doc["device"],
-            tools=doc["tools"],
-            settings=doc["settings"],
-            additivity=doc.get("additivity"),
-            extra=doc.get("extra", {}),
-        )
+        Raises :class:`ManifestError` (one line, naming the offending key) for a missing, unknown or mistyped key.
+        """
+        return _parse(Manifest, doc, "manifest")
+
+
+# ------------------------------------------------------------------------------------------------------ parsing
+def quote(value: Any) -> str:
+    """``'text'`` for a printable string (as the C++ runtime prints it), else Python's repr (escapes, one line)."""
+    return f"'{value}'" if isinstance(value, str) and value.isprintable() else repr(value)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parse(cls: type, doc: Any, where: str) -> Any:
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: expected an object, got {_describe(doc)}")
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ManifestError(f"{where}: unknown key {quote(unknown[0])}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ManifestError(f"{where}: missing key {quote(f.name)}")
+            continue
+        kwargs[f.name] = _value(hints[f.name], doc[f.name], f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def _value(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _value(inner, value, where)
+    if tp is Any:
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ManifestError(f"{where}: expected a string, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ManifestError(f"{where}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ManifestError(f"{where}: expected a number, got {_describe(value)}")
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ManifestError(f"{where}: expected a list, got {_describe(value)}")
+        inner = args[0]
+        return tuple(_value(inner, v, f"{where}[{k}]") for k, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: expected an object, got {_describe(value)}")
+        inner = args[1]
+        return {k: _value(inner, v, f"{where}[{quote(k)}]") for k, v in value.items()}
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return _parse(tp, value, where)
+    raise TypeError(f"manifest schema: unsupported annotation {tp!r} at {where}")  # a bug in this module
+
+
+def check_consistency(manifest: Manifest) -> list[str]:
+    """Cross-field rules the types cannot express, one line per violation (paths are checked by the reader)."""
+    problems = []
+    for rel, digest in manifest.files.items():
+        if not _SHA256.fullmatch(digest):
+            problems.append(f"files[{quote(rel)}]: not a sha256 hex digest: {_describe(digest)}")
+    for b in manifest.blocks:
+        for o in b.options:
+            for kind, rel in (("engine", o.engine), ("onnx", o.onnx)):
+                if rel not in manifest.files:
+                    problems.append(f"{b.name} {o.variant}/{o.precision}: {kind} {quote(rel)} is not listed in files")
+            if o.engine in manifest.files and manifest.files[o.engine] != o.sha256:
+                problems.append(f"{b.name} {o.variant}/{o.precision}: sha256 differs from files[{quote(o.engine)}]")
+    return problems
