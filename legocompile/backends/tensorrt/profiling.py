@@ -7,7 +7,9 @@
   difference is the engine's device footprint (weights + context scratch for activations + its boundary buffers
   when the caller allocates them inside ``make_run``). The scratch size TensorRT reports is returned beside it.
   Free memory moves in allocation-granularity steps (typically 2 MiB), and other processes on the GPU move it
-  too: profile on an otherwise idle device.
+  too: profile on an otherwise idle device. With shared scratch (TensorRT 10.1+), a context adds memory only when
+  it needs more scratch than the chain already holds, so a chain takes about sum(weights) + max(scratch) +
+  boundaries; both figures are returned so that a memory model can add them that way.
 
 Written against the adapter in :mod:`~legocompile.backends.tensorrt.cuda_memory`; not run on a GPU in this
 repository's CI. :func:`summarize_ms` and :func:`memory_from_free` are pure and unit-tested.

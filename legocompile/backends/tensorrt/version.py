@@ -222,6 +222,10 @@ def ensure_tensorrt() -> None:
         import tensorrt as trt
     except ImportError:
         raise MissingDependencyError("tensorrt", "the tensorrt backend", extra=INSTALL_EXTRA) from None
+    except OSError as error:  # the Python package is there but its libraries (libnvinfer) do not load
+        raise MissingDependencyError(
+            "tensorrt", f"the tensorrt backend (its libraries do not load: {error})", extra=INSTALL_EXTRA
+        ) from None
     if not isinstance(getattr(trt, "__version__", None), str) or not hasattr(trt, "Builder"):
         raise MissingDependencyError(
             "tensorrt", "the tensorrt backend (only type stubs or an empty 'tensorrt' package import here)",
