@@ -69,11 +69,30 @@ class VariantsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Tolerances:
+    """The accuracy gate: an engine whose error exceeds its precision's tolerance is not selectable.
+
+    Engine errors are relative L2 (``||y - y_ref|| / ||y_ref||``) against the variant's fp32 ONNX on held-out block
+    inputs; the export error is ``max |ONNX - PyTorch| / max |PyTorch|`` on real block inputs.
+    """
+
+    export: float = 1e-3
+    fp32: float = 1e-3
+    fp16: float = 1e-2
+    int8: float = 5e-2
+
+    def of(self, precision: str) -> float:
+        return float(getattr(self, precision))
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     precisions: tuple[str, ...] = ("fp32", "int8")
     backend: str = "onnxruntime"
     work_dir: Path = Path("legocompile-work")
     out: Path = Path("legocompile-out")
+    int8_format: str = "auto"  # auto (from the CPU) | u8s8 | u8u8 | u8s8-reduce-range: see calibration.recipe
+    tolerance: Tolerances = field(default_factory=Tolerances)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,11 +232,25 @@ def load_config(path: str | Path) -> ProjectConfig:
     backend = u.get("backend", str, f"one of {', '.join(BACKENDS)}", "onnxruntime")
     if backend not in BACKENDS:
         raise u._err("backend", f"one of {', '.join(BACKENDS)}", backend)
+    from calibration.recipe import FORMATS
+
+    int8_format = u.get("int8_format", str, f"one of {', '.join(FORMATS)}", "auto")
+    if int8_format not in FORMATS:
+        raise u._err("int8_format", f"one of {', '.join(FORMATS)}", int8_format)
+    t = _Section(src, "build.tolerance", u.get("tolerance", dict, "a table of tolerances", {}))
+    defaults = Tolerances()
+    tolerance = Tolerances(**{
+        k: _number(t, k, "a positive number (relative error)", getattr(defaults, k), lambda x: x > 0)
+        for k in ("export", "fp32", "fp16", "int8")
+    })
+    t.finish()
     build = BuildConfig(
         precisions=precisions,
         backend=backend,
         work_dir=(root / u.get("work_dir", str, "a folder path", "legocompile-work")).resolve(),
         out=(root / u.get("out", str, "a folder path", "legocompile-out")).resolve(),
+        int8_format=int8_format,
+        tolerance=tolerance,
     )
     u.finish()
     return ProjectConfig(

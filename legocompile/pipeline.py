@@ -1,8 +1,9 @@
-"""``compile``: model → blocks → ONNX → engines → profiles → bundle, each stage cached by content.
+"""``compile``: model → blocks → variants → ONNX → engines → gate → profiles → bundle, each stage cached by content.
 
-Data flows one way: each stage reads the previous stage's artefacts (files in the work directory, keyed by the hash
-of everything they depend on) and writes its own. A rerun with nothing changed loads every artefact from the cache
-and builds nothing; an interrupted run resumes where it stopped.
+Data flows one way: each stage reads the previous stage's artefacts (files in the work directory) and writes its
+own. Every artefact's key is derived from the inputs its :class:`~legocompile.stage.Stage` declares (below and in
+:mod:`legocompile.variants.stage` and :mod:`legocompile.profile.profiler`), never assembled by hand. A rerun with
+nothing changed loads every artefact from the cache and builds nothing; an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from legocompile._log import logger
-from legocompile.config import CalibrationConfig, ProfileConfig, normalize_precisions
+from legocompile.config import CalibrationConfig, ProfileConfig, Tolerances, normalize_precisions
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
 from legocompile.progress import Progress, SilentProgress
-from legocompile.workspace import Workspace, content_key, sha256_file
+from legocompile.stage import Stage, digest, tool_version
+from legocompile.workspace import Workspace, sha256_file
 
 STAGES = ("derive", "retrain", "export", "calibrate", "engines", "profile", "bundle")
 PARTITION_TOLERANCE = 1e-4  # max |chain - model| allowed, relative to the output's magnitude
+GATE_SAMPLES = 256  # held-out block inputs each engine is compared on
+
+EXPORT = Stage("export", inputs=("module", "check_inputs"), tools=("torch", "onnx", "onnxruntime"), format=2)
+CALIBRATE = Stage("calibrate", inputs=("onnx", "block_inputs", "settings"), tools=("onnxruntime",))
+ENGINE = Stage("engine", inputs=("onnx", "precision", "backend", "ranges", "recipe"), tools=("onnxruntime",))
+GATE = Stage("gate", inputs=("engine", "reference", "held_out"), tools=("onnxruntime",))
 
 
 @dataclass
@@ -33,36 +41,26 @@ class BuildReport:
     built: dict[str, int] = field(default_factory=dict)
     cached: dict[str, int] = field(default_factory=dict)
     unprunable: list[str] = field(default_factory=list)  # layers pruning left whole, with the reason
+    excluded: list[str] = field(default_factory=list)  # engines the accuracy gate left out, with the reason
 
     def count(self, stage: str, was_cached: bool) -> None:
         target = self.cached if was_cached else self.built
         target[stage] = target.get(stage, 0) + 1
 
 
-def _module_key(module, input_shape) -> str:
-    import torch
-
+def module_digest(module, input_shape) -> str:
+    """A block's identity: its graph code, its submodules' hyperparameters (``repr``: stride, padding, eps, the
+    activation type, ...), the input shape and every weight and buffer."""
     state = module.state_dict()
-    parts = [str(getattr(module, "code", type(module).__name__)), list(input_shape), torch.__version__]
-    for name in sorted(state):
-        parts += [name, state[name].detach().cpu().contiguous().numpy()]
-    return content_key(*parts)
+    return digest([
+        str(getattr(module, "code", type(module).__name__)), repr(module), list(input_shape),
+        [[name, state[name].detach().cpu().contiguous().numpy()] for name in sorted(state)],
+    ])
 
 
 def _tools() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from legocompile import __version__
-
-    return {
-        "legocompile": __version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
+    return {name: tool_version(name) for name in ("legocompile", "torch", "onnx", "onnxruntime")} | {
+        "python": platform.python_version()}
 
 
 def _as_array(data, what: str) -> np.ndarray:
@@ -93,8 +91,9 @@ def compile(  # noqa: A001 - the public name the API promises
     work_dir: str | Path | None = None,
     calibration: CalibrationConfig = CalibrationConfig(),  # noqa: B008 (frozen)
     profile: ProfileConfig = ProfileConfig(),  # noqa: B008 (frozen)
+    int8_format: str = "auto",
+    tolerance: Tolerances = Tolerances(),  # noqa: B008 (frozen)
     model_name: str | None = None,
-    data_provider: str | None = None,
     sparsities: Sequence[float] = (0.0,),
     retrain=None,
     train_data=None,
@@ -110,30 +109,26 @@ def compile(  # noqa: A001 - the public name the API promises
         model: a trained ``torch.nn.Module`` (left unchanged, training flag included).
         example_input: a tensor of the input shape (its batch size is ignored; profiles use ``profile.batch_size``).
         calibration_data: model inputs, shape (N, ...); block i is calibrated on the teacher's activations at its input.
-        eval_data: ``(inputs, int labels)`` used for accuracy profiles.
-        out: the bundle folder (replaced atomically).
+        eval_data: ``(inputs, int labels)`` used for accuracy profiles and for the engines' accuracy gate.
+        out: the bundle folder (replaced atomically; a folder that is not a bundle is refused).
         blocks: ``"auto"`` or module paths that end each block.
         max_blocks: with ``"auto"``, merge the cheapest neighbours until at most this many blocks remain.
         precisions: engines to build per block; fp32 is always built.
         work_dir: cache folder (default: ``<out>/../legocompile-work``).
-        data_provider: the ``pkg.mod:fn`` that produced the data, recorded so ``legocompile run`` can evaluate.
+        int8_format: ``auto`` (from the CPU) or a recipe name from :mod:`calibration.recipe`.
+        tolerance: the accuracy gate; engines beyond it stay in the bundle but are not selectable.
         sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original).
         retrain: :class:`legocompile.variants.retrain.RetrainSettings` for the descendants.
         train_data: model inputs the descendants are retrained on (default: ``calibration_data``).
         external_variants: :class:`legocompile.variants.stage.ExternalVariant` entries (bring your own).
-        additivity_samples: random full selections measured to check the additive accuracy model (0: skip).
+        additivity_samples: random full selections measured to check the accuracy model (0: skip).
         until: stop after this stage (``derive``, ``retrain``, ``export``, ``calibrate``, ``engines``,
             ``profile``); the bundle is written only by a full run (``bundle``).
     """
     if until not in STAGES:
         raise LegoCompileError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
-    import torch
-
-    from calibration.capture import block_inputs
-    from calibration.ranges import CalibrationSettings
+    from calibration.recipe import host_recipe
     from legocompile.backends import get_backend
-    from legocompile.backends.onnxrt.session import ort_compat
-    from legocompile.blocks import partition, verify_partition
 
     progress = progress or SilentProgress()
     precisions = normalize_precisions(list(precisions))
@@ -141,43 +136,22 @@ def compile(  # noqa: A001 - the public name the API promises
     ws = Workspace(Path(work_dir) if work_dir else out.parent / "legocompile-work")
     report = report if report is not None else BuildReport(bundle=out)
     be = get_backend(backend)
-    fingerprint = be.fingerprint()
+    recipe, recipe_reason = host_recipe(int8_format)
 
     calib_x = _as_array(calibration_data, "calibration_data")[: calibration.num_samples]
     eval_x = _as_array(eval_data[0], "eval inputs")
     eval_y = np.asarray(eval_data[1]).astype(np.int64).reshape(-1)
     if len(eval_x) != len(eval_y) or len(eval_y) == 0:
         raise LegoCompileError(f"eval data: {len(eval_x)} inputs but {len(eval_y)} labels")
-    example = torch.as_tensor(np.asarray(example_input, dtype=np.float32))[:1]
 
-    with eval_mode(model):
-        with progress.stage("partition", 1) as advance:
-            chain = partition(model, example, blocks, max_blocks=max_blocks)
-            err = verify_partition(model, chain, torch.from_numpy(eval_x[:16]))
-            with torch.no_grad():
-                scale = float(model(torch.from_numpy(eval_x[:16])).abs().max()) or 1.0
-                teacher_logits = torch.cat(
-                    [model(torch.from_numpy(eval_x[i : i + 256])) for i in range(0, len(eval_x), 256)]
-                ).numpy()
-            advance()
-    if err > PARTITION_TOLERANCE * max(1.0, scale):
-        raise LegoCompileError(f"the chain of blocks differs from the model by {err:.3g}; partition is not exact")
-    from legocompile.profile import top1
-
-    pytorch_accuracy = top1(teacher_logits, eval_y)
-    logger.info("partitioned into %d blocks (max |chain - model| = %.2e)", len(chain), err)
-
-    modules = [b.module for b in chain]
-    with progress.stage("teacher activations", 2) as advance:
-        calib_in = block_inputs(modules, calib_x)
-        advance()
-        eval_in = block_inputs(modules, eval_x)
-        advance()
+    chain, partition_err, pytorch_accuracy, example = _partition(model, example_input, blocks, max_blocks, eval_x,
+                                                                 eval_y, progress)
+    calib_in, eval_in = _teacher_activations(chain, calib_x, eval_x, progress)
+    module_keys = [module_digest(b.module, b.input_shape) for b in chain]
 
     from legocompile.variants.retrain import RetrainSettings
     from legocompile.variants.stage import build_variants
 
-    module_keys = [_module_key(b.module, b.input_shape) for b in chain]
     train_x = calib_x if train_data is None else _as_array(train_data, "train_data")
     variants = build_variants(
         ws, chain, module_keys, calib_in, sparsities=sparsities, retrain=retrain or RetrainSettings(),
@@ -185,114 +159,235 @@ def compile(  # noqa: A001 - the public name the API promises
     )
     if until in ("derive", "retrain"):
         return out
-    settings = CalibrationSettings(method=calibration.method, num_samples=calibration.num_samples, percentile=calibration.percentile)
-
-    # ---------------------------------------------------------------- export
-    exported: dict[tuple[int, str], dict] = {}
-    n_variants = sum(len(v) for v in variants)
-    with progress.stage("export", n_variants) as advance:
-        for i, block in enumerate(chain):
-            for v in variants[i]:
-                key = module_keys[i] if v.name == "s0" else _module_key(v.module, block.input_shape)
-                onnx_path = ws.path("onnx", key, ".onnx")
-
-                def do_export(v=v, i=i, onnx_path=onnx_path):
-                    from legocompile.export import export_block
-
-                    res = export_block(v.module, calib_in[i][:64], onnx_path)
-                    return {"max_abs_err": res.max_abs_err, "num_checked": res.num_checked}
-
-                meta, cached = ws.cached_json("onnx", key, do_export)
-                if not onnx_path.exists():  # the meta survived but the model did not: redo
-                    meta = do_export()
-                    cached = False
-                report.count("export", cached)
-                exported[(i, v.name)] = {
-                    **meta,
-                    "path": onnx_path,
-                    "sha256": sha256_file(onnx_path),
-                    "params": int(sum(p.numel() for p in v.module.parameters())),
-                    "sparsity": v.sparsity,
-                }
-                advance()
-
+    exported = _export(ws, chain, variants, module_keys, calib_in, progress, report)
     if until == "export":
         return out
-
-    # ---------------------------------------------------------------- calibration (int8 only)
-    ranges: dict[tuple[int, str], Any] = {}
-    if "int8" in precisions:
-        from calibration.ranges import TensorRanges, compute_ranges
-
-        with progress.stage(f"calibrate ({calibration.method})", n_variants) as advance:
-            for i in range(len(chain)):
-                for v in variants[i]:
-                    ex = exported[(i, v.name)]
-                    key = content_key(ex["sha256"], calib_in[i], repr(settings))
-                    path = ws.path("calibration", key, ".json")
-                    if path.exists():
-                        ranges[(i, v.name)] = TensorRanges.from_json(path)
-                        report.count("calibrate", True)
-                    else:
-                        with ort_compat():
-                            r = compute_ranges(ex["path"], calib_in[i], settings)
-                        r.to_json(path)
-                        ranges[(i, v.name)] = r
-                        report.count("calibrate", False)
-                    advance()
-
+    ranges = _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, report) \
+        if "int8" in precisions else {}
     if until == "calibrate":
         return out
-
-    # ---------------------------------------------------------------- engines
-    engines: dict[tuple[int, str, str], dict] = {}
-    with progress.stage("engines", n_variants * len(precisions)) as advance:
-        for i in range(len(chain)):
-            for v in variants[i]:
-                ex = exported[(i, v.name)]
-                for p in precisions:
-                    r = ranges.get((i, v.name)) if p == "int8" else None
-                    key = content_key(ex["sha256"], p, fingerprint, r.ranges if r else None)
-                    path = ws.path("engines", key, be.engine_suffix)
-                    cached = path.exists()
-                    if not cached:
-                        be.build(ex["path"], p, path, ranges=r)
-                    report.count("engine", cached)
-                    engines[(i, v.name, p)] = {"path": path, "sha256": sha256_file(path)}
-                    advance()
-
+    engines = _engines(ws, be, exported, ranges, precisions, recipe, progress, report)
     if until == "engines":
         return out
-
-    # ---------------------------------------------------------------- profiles
-    from legocompile.profile.profiler import profile_engines
-
-    profiles, teacher = profile_engines(
-        ws,
-        be,
-        fingerprint,
-        chain=chain,
-        engines=engines,
-        eval_in=eval_in,
-        eval_y=eval_y,
-        settings=profile,
-        progress=progress,
-        report=report,
-    )
+    gates = _gate(ws, be, exported, engines, eval_in, tolerance, progress, report)
 
     from legocompile.profile.additivity import check_additivity
+    from legocompile.profile.profiler import profile_engines
 
+    profiles, teacher = profile_engines(ws, be, be.fingerprint(), chain=chain, engines=engines, eval_in=eval_in,
+                                        eval_y=eval_y, settings=profile, progress=progress, report=report)
+    _check_reference_chain(teacher, pytorch_accuracy)
+    selectable = [[k for k in sorted(engines, key=_option_order) if k[0] == i and gates[k]["excluded"] is None]
+                  for i in range(len(chain))]
     additivity = check_additivity(
-        ws, be,
-        options=[[(i, v.name, p) for v in variants[i] for p in precisions] for i in range(len(chain))],
-        engines=engines, drops={k: v["accuracy_drop"] for k, v in profiles.items()},
-        teacher_accuracy=teacher["accuracy"], eval_x=eval_x, eval_y=eval_y,
-        num_selections=additivity_samples, progress=progress,
+        ws, be, options=selectable, engines=engines, drops={k: v["accuracy_drop"] for k, v in profiles.items()},
+        teacher_accuracy=teacher["accuracy"], eval_x=eval_x, eval_y=eval_y, num_selections=additivity_samples,
+        progress=progress,
     )
+    report.excluded = [f"{chain[k[0]].name} {k[1]}/{k[2]}: {g['excluded']}"
+                       for k, g in sorted(gates.items(), key=lambda kv: _option_order(kv[0])) if g["excluded"]]
     if until == "profile":
         return out
 
-    # ---------------------------------------------------------------- bundle
+    teacher["pytorch_accuracy"] = pytorch_accuracy
+    settings = {
+        "profile": {"batch_size": profile.batch_size, "warmup": profile.warmup, "runs": profile.runs,
+                    "threads": profile.threads},
+        "calibration": {"method": calibration.method, "num_samples": len(calib_x), "percentile": calibration.percentile},
+        "int8": {"recipe": recipe.to_json(), "reason": recipe_reason, "requested": int8_format},
+        "tolerance": vars(tolerance).copy(),
+        "partition": {"blocks": blocks if isinstance(blocks, str) else list(blocks), "max_blocks": max_blocks,
+                      "max_abs_err": partition_err},
+    }
+    _write(out, be, model_name or type(model).__name__, example, chain, variants, precisions, exported, engines,
+           gates, profiles, teacher, settings, additivity, profile.batch_size, progress)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def _option_order(k: tuple[int, str, str]) -> tuple:
+    from legocompile.config import PRECISIONS
+
+    return (k[0], k[1] != "s0", k[1], PRECISIONS.index(k[2]))
+
+
+def _partition(model, example_input, blocks, max_blocks, eval_x, eval_y, progress):
+    import torch
+
+    from legocompile.blocks import partition, verify_partition
+    from legocompile.profile import top1
+
+    example = torch.as_tensor(np.asarray(example_input, dtype=np.float32))[:1]
+    with eval_mode(model):
+        with progress.stage("partition", 1) as advance:
+            chain = partition(model, example, blocks, max_blocks=max_blocks)
+            err = verify_partition(model, chain, torch.from_numpy(eval_x[:16]))
+            with torch.no_grad():
+                scale = float(model(torch.from_numpy(eval_x[:16])).abs().max()) or 1.0
+                logits = torch.cat(
+                    [model(torch.from_numpy(eval_x[i : i + 256])) for i in range(0, len(eval_x), 256)]
+                ).numpy()
+            advance()
+    if err > PARTITION_TOLERANCE * max(1.0, scale):
+        raise LegoCompileError(f"the chain of blocks differs from the model by {err:.3g}; partition is not exact")
+    logger.info("partitioned into %d blocks (max |chain - model| = %.2e)", len(chain), err)
+    return chain, err, top1(logits, eval_y), example
+
+
+def _teacher_activations(chain, calib_x, eval_x, progress):
+    from calibration.capture import block_inputs
+
+    modules = [b.module for b in chain]
+    with progress.stage("teacher activations", 2) as advance:
+        calib_in = block_inputs(modules, calib_x)
+        advance()
+        eval_in = block_inputs(modules, eval_x)
+        advance()
+    return calib_in, eval_in
+
+
+def _export(ws, chain, variants, module_keys, calib_in, progress, report) -> dict[tuple[int, str], dict]:
+    from legocompile.export import export_block
+
+    exported: dict[tuple[int, str], dict] = {}
+    with progress.stage("export", sum(len(v) for v in variants)) as advance:
+        for i, block in enumerate(chain):
+            check = calib_in[i][:64]
+            for v in variants[i]:
+                module = module_keys[i] if v.name == "s0" else module_digest(v.module, block.input_shape)
+                key = EXPORT.key(module=module, check_inputs=digest(check))
+                path = ws.path("onnx", key, ".onnx")
+
+                def do_export(v=v, path=path, check=check):
+                    r = export_block(v.module, check, path)
+                    return {"max_abs_err": r.max_abs_err, "num_checked": r.num_checked,
+                            "output_max_abs": r.output_max_abs, "relative_err": r.relative_err}
+
+                meta, cached = ws.cached_json("onnx", key, do_export)
+                if not path.exists():  # the meta survived but the model did not: redo
+                    meta, cached = do_export(), False
+                report.count("export", cached)
+                exported[(i, v.name)] = {**meta, "path": path, "sha256": sha256_file(path), "sparsity": v.sparsity,
+                                         "params": int(sum(p.numel() for p in v.module.parameters()))}
+                advance()
+    return exported
+
+
+def _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, report):
+    from calibration.ranges import CalibrationSettings, TensorRanges, compute_ranges
+
+    settings = CalibrationSettings(method=calibration.method, num_samples=calibration.num_samples,
+                                   percentile=calibration.percentile)
+    ranges: dict[tuple[int, str], Any] = {}
+    with progress.stage(f"calibrate ({calibration.method})", len(exported)) as advance:
+        for i in range(len(chain)):
+            inputs = digest(calib_in[i])
+            for v in variants[i]:
+                ex = exported[(i, v.name)]
+                path = ws.path("calibration", CALIBRATE.key(onnx=ex["sha256"], block_inputs=inputs,
+                                                            settings=repr(settings)), ".json")
+                cached = path.exists()
+                if cached:
+                    r = TensorRanges.from_json(path)
+                else:
+                    r = compute_ranges(ex["path"], calib_in[i], settings)
+                    r.to_json(path)
+                ranges[(i, v.name)] = r
+                report.count("calibrate", cached)
+                advance()
+    return ranges
+
+
+def _engines(ws, be, exported, ranges, precisions, recipe, progress, report) -> dict[tuple[int, str, str], dict]:
+    fingerprint = be.fingerprint()
+    engines: dict[tuple[int, str, str], dict] = {}
+    with progress.stage("engines", len(exported) * len(precisions)) as advance:
+        for (i, name), ex in exported.items():
+            for p in precisions:
+                r = ranges.get((i, name)) if p == "int8" else None
+                key = ENGINE.key(onnx=ex["sha256"], precision=p, backend=fingerprint,
+                                 ranges=r.ranges if r else None, recipe=recipe.to_json() if p == "int8" else None)
+                path = ws.path("engines", key, be.engine_suffix)
+                cached = path.exists()
+                if not cached:
+                    be.build(ex["path"], p, path, ranges=r, recipe=recipe if p == "int8" else None)
+                report.count("engine", cached)
+                engines[(i, name, p)] = {"path": path, "sha256": sha256_file(path)}
+                advance()
+    return engines
+
+
+def _gate(ws, be, exported, engines, eval_in, tolerance: Tolerances, progress, report) -> dict:
+    """Compare every engine with its variant's fp32 ONNX on held-out block inputs (the eval split's activations,
+    which calibration never sees), as Polygraphy's Comparator does; decide which engines are selectable.
+
+    The measurement is cached per (engine, reference, inputs); the decision is re-made from the tolerances.
+    """
+    reference_backend = _reference_backend(be)
+    loaded: dict[Path, Any] = {}
+
+    def run(backend, path: Path, x: np.ndarray) -> np.ndarray:
+        if path not in loaded:
+            loaded[path] = backend.load(path)
+        return loaded[path].run(x)
+
+    gates: dict[tuple[int, str, str], dict] = {}
+    with progress.stage("accuracy gate", len(engines)) as advance:
+        for k, eng in engines.items():
+            i, name, precision = k
+            ex = exported[(i, name)]
+            x = eval_in[i][:GATE_SAMPLES]
+
+            def measure(ex=ex, eng=eng, x=x) -> dict:
+                ref = run(reference_backend, ex["path"], x)
+                got = run(be, eng["path"], x)
+                diff = got.astype(np.float64) - ref
+                norm = float(np.linalg.norm(ref))
+                return {"rel_l2": float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff)),
+                        "max_abs": float(np.max(np.abs(diff))), "samples": int(len(x))}
+
+            key = GATE.key(engine=eng["sha256"], reference=ex["sha256"], held_out=digest(x))
+            measured, cached = ws.cached_json("gate", key, measure)
+            report.count("gate", cached)
+            gates[k] = {**measured, "tolerance": tolerance.of(precision),
+                        "export_relative_err": ex["relative_err"], "export_tolerance": tolerance.export,
+                        "excluded": gate_decision(measured["rel_l2"], precision, ex["relative_err"], tolerance)}
+            advance()
+    for (i, name), ex in exported.items():
+        if name == "s0" and gates[(i, name, "fp32")]["excluded"]:
+            raise LegoCompileError(f"block {i}'s original fp32 engine fails the accuracy gate "
+                                   f"({gates[(i, name, 'fp32')]['excluded']}); it is every block's reference")
+    return gates
+
+
+def gate_decision(rel_l2: float, precision: str, export_relative_err: float, tolerance: Tolerances) -> str | None:
+    """Why an engine is left out of the selectable options, or None when it passes the gate."""
+    if not export_relative_err <= tolerance.export:  # also catches NaN
+        return f"export error {export_relative_err:.2e} of the output range exceeds the tolerance {tolerance.export:g}"
+    if not rel_l2 <= tolerance.of(precision):
+        return f"{precision} error {rel_l2:.2%} (relative L2 vs fp32 ONNX) exceeds the tolerance {tolerance.of(precision):.2%}"
+    return None
+
+
+def _reference_backend(be):
+    """The backend that runs a variant's fp32 ONNX as the gate's reference (ONNX Runtime runs any ONNX)."""
+    from legocompile.backends import get_backend
+
+    return be if be.name == "onnxruntime" else get_backend("onnxruntime")
+
+
+def _check_reference_chain(teacher: dict, pytorch_accuracy: float) -> None:
+    """The all-original fp32 engine chain must classify like PyTorch, within one evaluation sample."""
+    n = int(teacher["num_eval"])
+    if abs(teacher["accuracy"] - pytorch_accuracy) > 1.0 / n + 1e-12:
+        raise LegoCompileError(
+            f"the fp32 engine chain's accuracy {teacher['accuracy']:.2%} differs from PyTorch's {pytorch_accuracy:.2%} "
+            f"by more than one of the {n} evaluation samples; the export is not faithful"
+        )
+
+
+def _write(out, be, model_name, example, chain, variants, precisions, exported, engines, gates, profiles, teacher,
+           settings, additivity, batch, progress) -> None:
     from legocompile.bundle import BlockEntry, Manifest, OptionEntry, TensorSpec, write_bundle
 
     files: dict[str, Path] = {}
@@ -304,64 +399,35 @@ def compile(  # noqa: A001 - the public name the API promises
             onnx_rel = f"onnx/{block.name}/{v.name}.onnx"
             files[onnx_rel] = ex["path"]
             for p in precisions:
-                eng = engines[(i, v.name, p)]
+                k = (i, v.name, p)
                 rel = f"engines/{block.name}/{v.name}-{p}{be.engine_suffix}"
-                files[rel] = eng["path"]
-                prof = profiles[(i, v.name, p)]
-                options.append(
-                    OptionEntry(
-                        variant=v.name,
-                        sparsity=v.sparsity,
-                        precision=p,
-                        backend=be.name,
-                        engine=rel,
-                        sha256=eng["sha256"],
-                        onnx=onnx_rel,
-                        params=ex["params"],
-                        export_max_abs_err=ex["max_abs_err"],
-                        latency_ms=prof["latency_ms"],
-                        latency_p90_ms=prof["latency_p90_ms"],
-                        memory_bytes=prof["memory_bytes"],
-                        accuracy_drop=prof["accuracy_drop"],
-                        output_max_abs_err=prof["output_max_abs_err"],
-                    )
-                )
-        batch = profile.batch_size
-        block_entries.append(
-            BlockEntry(
-                name=block.name,
-                input=TensorSpec(name="x", shape=(batch, *block.input_shape[1:])),
-                output=TensorSpec(name="y", shape=(batch, *block.output_shape[1:])),
-                options=tuple(options),
-            )
-        )
-    teacher["pytorch_accuracy"] = pytorch_accuracy
+                files[rel] = engines[k]["path"]
+                prof, gate = profiles[k], gates[k]
+                options.append(OptionEntry(
+                    variant=v.name, sparsity=v.sparsity, precision=p, backend=be.name, engine=rel,
+                    sha256=engines[k]["sha256"], onnx=onnx_rel, params=ex["params"],
+                    export_max_abs_err=ex["max_abs_err"], latency_ms=prof["latency_ms"],
+                    latency_p90_ms=prof["latency_p90_ms"], memory_bytes=prof["memory_bytes"],
+                    accuracy_drop=prof["accuracy_drop"], output_max_abs_err=prof["output_max_abs_err"],
+                    accuracy_gate={n: gate[n] for n in ("rel_l2", "max_abs", "samples", "tolerance",
+                                                        "export_relative_err", "export_tolerance")},
+                    excluded=gate["excluded"],
+                ))
+        block_entries.append(BlockEntry(
+            name=block.name, input=TensorSpec(name="x", shape=(batch, *block.input_shape[1:])),
+            output=TensorSpec(name="y", shape=(batch, *block.output_shape[1:])), options=tuple(options),
+        ))
+    from legocompile.bundle import SCHEMA_VERSION
+
     manifest = Manifest(
-        schema_version=1,
-        model=model_name or type(model).__name__,
-        input=TensorSpec(name="x", shape=(profile.batch_size, *tuple(example.shape[1:]))),
-        blocks=tuple(block_entries),
-        teacher=teacher,
-        device=fingerprint | {"cpu_count": _cpu_count()},
-        tools=_tools(),
-        settings={
-            "profile": {
-                "batch_size": profile.batch_size,
-                "warmup": profile.warmup,
-                "runs": profile.runs,
-                "threads": profile.threads,
-            },
-            "calibration": {"method": calibration.method, "num_samples": len(calib_x), "percentile": calibration.percentile},
-            "partition": {"blocks": blocks if isinstance(blocks, str) else list(blocks), "max_blocks": max_blocks,
-                          "max_abs_err": err},
-        },
+        schema_version=SCHEMA_VERSION, model=model_name,
+        input=TensorSpec(name="x", shape=(batch, *tuple(example.shape[1:]))), blocks=tuple(block_entries),
+        teacher=teacher, device=be.fingerprint() | {"cpu_count": _cpu_count()}, tools=_tools(), settings=settings,
         additivity=additivity,
-        extra={"data_provider": data_provider} if data_provider else {},
     )
     with progress.stage("bundle", 1) as advance:
         write_bundle(out, manifest, files)
         advance()
-    return out
 
 
 def _cpu_count() -> int:

@@ -30,6 +30,12 @@ class ExportResult:
     path: Path
     max_abs_err: float  # max |ORT - PyTorch| over the check inputs
     num_checked: int
+    output_max_abs: float = 0.0  # max |PyTorch output| over the same inputs: the scale the error is judged against
+
+    @property
+    def relative_err(self) -> float:
+        """``max_abs_err`` relative to the output's magnitude (what the export gate checks)."""
+        return self.max_abs_err / self.output_max_abs if self.output_max_abs > 0 else self.max_abs_err
 
 
 def onnx_bytes(module, example_input) -> bytes:
@@ -103,12 +109,13 @@ def export_block(module, check_inputs: np.ndarray, path: str | Path, *, batch_si
     from legocompile.backends.onnxrt.session import create_session
 
     session = create_session(data)
-    max_err = 0.0
+    max_err = scale = 0.0
     with eval_mode(module), torch.no_grad():
         for start in range(0, len(check_inputs), batch_size):
             xb = np.ascontiguousarray(check_inputs[start : start + batch_size], dtype=np.float32)
             ref = module(torch.from_numpy(xb)).numpy()
             got = session.run([OUTPUT_NAME], {INPUT_NAME: xb})[0]
             max_err = max(max_err, float(np.max(np.abs(ref - got))))
+            scale = max(scale, float(np.max(np.abs(ref))))
     atomic_write_bytes(path, data)
-    return ExportResult(path=Path(path), max_abs_err=max_err, num_checked=len(check_inputs))
+    return ExportResult(path=Path(path), max_abs_err=max_err, num_checked=len(check_inputs), output_max_abs=scale)

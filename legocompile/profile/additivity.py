@@ -15,9 +15,12 @@ import numpy as np
 
 from legocompile.optimize.select import additive_accuracy, predicted_accuracy
 from legocompile.profile.accuracy import top1
-from legocompile.workspace import Workspace, atomic_write_json, content_key
+from legocompile.stage import Stage, digest
+from legocompile.workspace import Workspace, atomic_write_json
 
 EVAL_BATCH = 256
+ADDITIVITY = Stage("additivity", inputs=("options", "drops", "teacher_accuracy", "eval_inputs", "labels",
+                                         "num_selections", "seed"), tools=("onnxruntime",), format=3)
 
 
 def check_additivity(
@@ -37,8 +40,9 @@ def check_additivity(
     """Measure ``num_selections`` random full selections; report mean and max |predicted - measured| accuracy."""
     if num_selections <= 0 or all(len(o) == 1 for o in options):
         return None
-    key = content_key("additivity", 2, [[engines[k]["sha256"] for k in block] for block in options],
-                      {str(k): v for k, v in drops.items()}, eval_y, num_selections, seed)
+    key = ADDITIVITY.key(options=[[engines[k]["sha256"] for k in block] for block in options],
+                         drops=[[drops[k] for k in block] for block in options], teacher_accuracy=teacher_accuracy,
+                         eval_inputs=digest(eval_x), labels=digest(eval_y), num_selections=num_selections, seed=seed)
     path = ws.path("additivity", key, ".json")
     if path.exists():
         return json.loads(path.read_text())

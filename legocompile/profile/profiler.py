@@ -5,7 +5,7 @@
 * Accuracy drop: top-1 of the teacher chain (all original fp32 engines) minus top-1 of the same chain with this
   engine in place of block i, on the evaluation split (in this process).
 
-Every result is cached by the engine's sha256, the device fingerprint and the settings.
+Results are cached under the declared inputs of :data:`ACCURACY`, :data:`TIMING` and :data:`TEACHER`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from legocompile.profile.accuracy import top1
 from legocompile.profile.probe import ProbeEngine, run_probe
-from legocompile.workspace import Workspace, atomic_write_json, content_key
+from legocompile.stage import Stage, digest
+from legocompile.workspace import Workspace, atomic_write_json
 
 EVAL_BATCH = 256
 
@@ -35,6 +36,14 @@ def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
     return x
 
 
+ACCURACY = Stage("accuracy", inputs=("engine", "teacher_chain", "block_inputs", "eval_inputs", "labels"),
+                 tools=("onnxruntime",), format=2)
+TIMING = Stage("timing", inputs=("engine", "context", "chain_input", "device", "settings"), tools=("onnxruntime",),
+               format=3)
+TEACHER = Stage("teacher_timing", inputs=("teacher_chain", "chain_input", "device", "settings"),
+                tools=("onnxruntime",), format=3)
+
+
 def profile_engines(
     ws: Workspace,
     backend,
@@ -48,25 +57,45 @@ def profile_engines(
     progress,
     report,
 ) -> tuple[dict[tuple[int, str, str], dict], dict[str, Any]]:
-    """Profile every engine; return per-engine results and the teacher chain's accuracy and latency."""
+    """Profile every engine; return per-engine results and the teacher chain's accuracy and latency.
+
+    Accuracy drops depend on the engine, the whole teacher chain (its accuracy is the reference, and the blocks
+    after the engine's finish the chain), the engine's block inputs and the labels. Latency and memory depend on
+    the engine, the chain of same-precision originals it is timed in, the input, the device and the settings.
+    """
     n = len(chain)
     batch = settings.batch_size
-    prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads,
-                     "method": "in-context-2"}
+    prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads}
     teacher_keys = [(i, "s0", "fp32") for i in range(n)]
-    paths = {k: ws.path("profiles", content_key("profile", e["sha256"], fingerprint, prof_settings), ".json")
-             for k, e in engines.items()}
-    teacher_path = ws.path(
-        "profiles",
-        content_key("teacher", [engines[k]["sha256"] for k in teacher_keys], fingerprint, prof_settings, eval_y),
-        ".json",
-    )
-    results = {k: json.loads(p.read_text()) for k, p in paths.items() if p.exists()}
-    todo = [k for k in engines if k not in results]
+    teacher_chain = [engines[k]["sha256"] for k in teacher_keys]
+    chain_input = np.ascontiguousarray(eval_in[0][:batch])
+    labels, eval_digests = digest(eval_y), [digest(a) for a in eval_in]
+    precisions = sorted({k[2] for k in engines})
+    context_keys = {p: [(i, "s0", p) for i in range(n)] for p in precisions}
+    device = {"fingerprint": fingerprint}
+
+    def accuracy_path(k) -> Path:
+        return ws.path("accuracy", ACCURACY.key(engine=engines[k]["sha256"], teacher_chain=teacher_chain,
+                                                block_inputs=eval_digests[k[0]], eval_inputs=eval_digests[0],
+                                                labels=labels), ".json")
+
+    def timing_path(k) -> Path:
+        return ws.path("timing", TIMING.key(engine=engines[k]["sha256"],
+                                            context=[engines[c]["sha256"] for c in context_keys[k[2]]],
+                                            chain_input=digest(chain_input), device=device, settings=prof_settings),
+                       ".json")
+
+    teacher_path = ws.path("timing", TEACHER.key(teacher_chain=teacher_chain, chain_input=digest(chain_input),
+                                                 device=device, settings=prof_settings), ".json")
+    results: dict[tuple[int, str, str], dict] = {k: {} for k in engines}
+    acc_todo, time_todo = [], []
     for k in engines:
-        report.count("profile", k not in todo)
-    if not todo and teacher_path.exists():
-        return results, json.loads(teacher_path.read_text())
+        for path, todo in ((accuracy_path(k), acc_todo), (timing_path(k), time_todo)):
+            if path.exists():
+                results[k].update(json.loads(path.read_text()))
+            else:
+                todo.append(k)
+        report.count("profile", k not in acc_todo and k not in time_todo)
 
     loaded: dict[tuple[int, str, str], Any] = {}
 
@@ -77,45 +106,45 @@ def profile_engines(
 
     teacher_acc = top1(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
     ref_out = {}
-    with progress.stage("profile accuracy", len(todo)) as advance:
-        for k in todo:
+    with progress.stage("profile accuracy", len(acc_todo)) as advance:
+        for k in acc_todo:
             i = k[0]
             if i not in ref_out:
                 ref_out[i] = _run_batched(load(teacher_keys[i]), eval_in[i])
             out = _run_batched(load(k), eval_in[i])
             logits = _chain_from(load, teacher_keys, i + 1, out)
-            results[k] = {
-                "accuracy_drop": teacher_acc - top1(logits, eval_y),
-                "output_max_abs_err": float(np.max(np.abs(out - ref_out[i]))),
-            }
+            measured = {"accuracy_drop": teacher_acc - top1(logits, eval_y),
+                        "output_max_abs_err": float(np.max(np.abs(out - ref_out[i])))}
+            atomic_write_json(accuracy_path(k), measured)
+            results[k].update(measured)
             advance()
 
-    # Latency (each engine in a chain of original engines of its own precision) and memory, in one probe run.
-    precisions = sorted({k[2] for k in engines})
-    context_keys = {p: [(i, "s0", p) for i in range(n)] for p in precisions}
-    probe_keys = list(dict.fromkeys([k for p in precisions for k in context_keys[p]] + todo))
-    with progress.stage("profile latency+memory", 1) as advance, tempfile.TemporaryDirectory() as tmp:
-        chain_input = Path(tmp) / "x.npy"
-        np.save(chain_input, np.ascontiguousarray(eval_in[0][:batch]))
-        probe_engines = [
-            ProbeEngine(engines[k]["path"], k[0], k[2], (batch, *chain[k[0]].input_shape[1:]),
-                        (batch, *chain[k[0]].output_shape[1:]))
-            for k in probe_keys
-        ]
-        measured = run_probe(
-            probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
-            contexts={p: [probe_keys.index(k) for k in keys] for p, keys in context_keys.items()},
-            overhead_context="fp32", chain_input=chain_input,
-        )
-        advance()
-    for j, k in enumerate(probe_keys):
-        if k in todo:
-            lat = measured["latency"][j]
-            results[k].update(latency_ms=lat["latency_ms"], latency_p90_ms=lat["latency_p90_ms"],
-                              memory_bytes=int(measured["memory_bytes"][j]))
-            atomic_write_json(paths[k], results[k])
-    c = measured["chain"]
-    teacher = {"accuracy": teacher_acc, "latency_ms": c["latency_ms"], "latency_p90_ms": c["latency_p90_ms"],
-               "chain_overhead_ms": c["overhead_ms"], "num_eval": int(len(eval_y))}
-    atomic_write_json(teacher_path, teacher)
+    if time_todo or not teacher_path.exists():
+        # Latency (each engine in a chain of original engines of its own precision) and memory, in one probe run.
+        probe_keys = list(dict.fromkeys([k for p in precisions for k in context_keys[p]] + time_todo))
+        with progress.stage("profile latency+memory", 1) as advance, tempfile.TemporaryDirectory() as tmp:
+            input_path = Path(tmp) / "x.npy"
+            np.save(input_path, chain_input)
+            probe_engines = [
+                ProbeEngine(engines[k]["path"], k[0], k[2], (batch, *chain[k[0]].input_shape[1:]),
+                            (batch, *chain[k[0]].output_shape[1:]))
+                for k in probe_keys
+            ]
+            measured = run_probe(
+                probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
+                contexts={p: [probe_keys.index(k) for k in keys] for p, keys in context_keys.items()},
+                overhead_context="fp32", chain_input=input_path,
+            )
+            advance()
+        for j, k in enumerate(probe_keys):
+            if k in time_todo:
+                lat = measured["latency"][j]
+                timing = {"latency_ms": lat["latency_ms"], "latency_p90_ms": lat["latency_p90_ms"],
+                          "memory_bytes": int(measured["memory_bytes"][j])}
+                atomic_write_json(timing_path(k), timing)
+                results[k].update(timing)
+        c = measured["chain"]
+        atomic_write_json(teacher_path, {"latency_ms": c["latency_ms"], "latency_p90_ms": c["latency_p90_ms"],
+                                         "chain_overhead_ms": c["overhead_ms"]})
+    teacher = {"accuracy": teacher_acc, **json.loads(teacher_path.read_text()), "num_eval": int(len(eval_y))}
     return results, teacher

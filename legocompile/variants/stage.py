@@ -2,7 +2,8 @@
 
 Artefacts: ``<work>/derived/<key>`` is a pruned, not yet retrained block; ``<work>/variants/<key>`` is the retrained
 one. Each is a safetensors file plus a JSON description of the pruned architecture (never a pickled module), and
-its key hashes the teacher block, the sparsity and (for retraining) the settings and the training data.
+its key comes from the declared inputs of :data:`DERIVE` (teacher block, sparsity) and :data:`RETRAIN` (the derived
+block, the teacher blocks upstream of it, the training inputs and the settings).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import numpy as np
 
 from legocompile._log import logger
 from legocompile.errors import LegoCompileError
-from legocompile.workspace import Workspace, content_key
+from legocompile.stage import Stage, digest
+from legocompile.workspace import Workspace
 
 PRUNE_FORMAT = 1  # bump when pruning changes what it produces
+DERIVE = Stage("derive", inputs=("block", "sparsity"), tools=("torch",), format=PRUNE_FORMAT)
+RETRAIN = Stage("retrain", inputs=("derived", "upstream", "train_inputs", "settings"), tools=("torch",))
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,13 @@ def build_variants(
     sparsities = check_sparsities(sparsities)
     variants: list[list[Variant]] = [[Variant("s0", 0.0, b.module)] for b in chain]
     pruned = [s for s in sparsities if s > 0]
-    train_key = content_key(train_inputs, repr(retrain))
-    derived_keys = {(i, s): content_key("derive", PRUNE_FORMAT, module_keys[i], s) for i in range(len(chain)) for s in pruned}
-    final_keys = {k: content_key("retrain", dk, train_key) for k, dk in derived_keys.items()}
+    train_digest = digest(train_inputs)
+    derived_keys = {(i, s): DERIVE.key(block=module_keys[i], sparsity=s) for i in range(len(chain)) for s in pruned}
+    # A student learns block i's output from its input, which the teacher's blocks before i compute from the
+    # training inputs: those upstream blocks are inputs of its retraining too.
+    final_keys = {(i, s): RETRAIN.key(derived=dk, upstream=module_keys[:i], train_inputs=train_digest,
+                                      settings=repr(retrain))
+                  for (i, s), dk in derived_keys.items()}
 
     # ------------------------------------------------------------ derive
     students: dict[tuple[int, str], Any] = {}
@@ -109,7 +117,7 @@ def build_variants(
     # ------------------------------------------------------------ retrain (all missing students together)
     if students:
         teacher = [b.module for b in chain]
-        checkpoint = ws.path("retrain", content_key(sorted(final_keys[(i, float(n[1:]))] for i, n in students)), "")
+        checkpoint = ws.path("retrain", digest(sorted(final_keys[(i, float(n[1:]))] for i, n in students)), "")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         results = retrain_variants(teacher, students, train_inputs, retrain, progress=progress, checkpoint=checkpoint)
         for (i, name), module in students.items():
