@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from calibration.ranges import TensorRanges, load_onnx
-from calibration.recipe import RECIPES, Int8Recipe
+from calibration.recipe import Int8Recipe, host_recipe
 from legocompile.errors import LegoCompileError
 
 logger = logging.getLogger("legocompile")
@@ -133,7 +133,7 @@ def quantize_qdq(
     onnx_in: str | os.PathLike[str],
     onnx_out: str | os.PathLike[str],
     ranges: TensorRanges,
-    recipe: Int8Recipe = RECIPES["u8s8"],
+    recipe: Int8Recipe | None = None,
 ) -> None:
     """Writes the static int8 QDQ version of a block graph, quantized with cached ranges (no calibration run).
 
@@ -146,8 +146,8 @@ def quantize_qdq(
         onnx_in: The fp32 block graph the ranges were computed on.
         onnx_out: Destination of the int8 QDQ graph (its folder is created if missing).
         ranges: Ranges of the graph's tensors, from :func:`calibration.ranges.compute_ranges`.
-        recipe: The int8 format (:mod:`calibration.recipe`; :func:`calibration.recipe.host_recipe` picks one for
-            this CPU). The default, u8s8, saturates on x86 without VNNI.
+        recipe: The int8 format (:mod:`calibration.recipe`); default: the one that suits this CPU
+            (:func:`calibration.recipe.host_recipe`).
 
     Raises:
         LegoCompileError: If the model is missing or unreadable, or ``ranges`` does not cover its float tensors
@@ -159,6 +159,7 @@ def quantize_qdq(
     out_path = Path(onnx_out)
     original = load_onnx(model_path)
     use_cache_api = _has_cache_path_api()
+    recipe = recipe or host_recipe()[0]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_out_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp.onnx")

@@ -8,7 +8,7 @@ from legocompile.bundle import Manifest
 
 OPTION_FIELDS = (
     "variant", "sparsity", "precision", "backend", "params", "latency_ms", "latency_p90_ms", "memory_bytes",
-    "accuracy_drop", "export_max_abs_err", "output_max_abs_err", "engine",
+    "accuracy_drop", "export_max_abs_err", "output_max_abs_err", "engine", "accuracy_gate", "excluded",
 )
 
 
@@ -27,4 +27,5 @@ def summary(manifest: Manifest) -> dict:
             for b in manifest.blocks
         ],
         "additivity": manifest.additivity,
+        "int8": manifest.settings.get("int8"),
     }

@@ -283,3 +283,60 @@ def test_trt_cache_errors(tmp_path: Path) -> None:
         read_trt_cache(tmp_path / "bad.cache")
     with pytest.raises(LegoCompileError):
         read_trt_cache(tmp_path / "missing.cache")
+
+
+# --- int8 recipes -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["u8s8", "u8u8", "u8s8-reduce-range"])
+def test_every_recipe_is_written_and_runs_close_to_fp32(
+    name: str, block1_onnx: Path, all_ranges: dict[str, TensorRanges], captured: list[np.ndarray], tmp_path: Path
+) -> None:
+    """Each recipe is forced here, whatever this CPU would choose, so every path is exercised on every machine."""
+    from calibration.recipe import RECIPES
+
+    recipe = RECIPES[name]
+    out = tmp_path / f"{name}.onnx"
+    quantize_qdq(block1_onnx, out, all_ranges["minmax"], recipe)
+    model = onnx.load(str(out))
+    inits = {t.name: t for t in model.graph.initializer}
+    weight_zero_points = [inits[n.input[2]] for n in model.graph.node
+                          if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(n.input) > 2
+                          and inits[n.input[0]].dims and len(inits[n.input[0]].dims) == 4]
+    assert weight_zero_points, "no quantized conv weight found"
+    expected = onnx.TensorProto.UINT8 if recipe.weight == "uint8" else onnx.TensorProto.INT8
+    assert {z.data_type for z in weight_zero_points} == {expected}
+    fp32 = _run(block1_onnx, captured[1])
+    int8 = _run(out, captured[1])
+    # this small block's pair sums stay below int16's limit, so even u8s8 without VNNI is close here
+    assert float(np.linalg.norm(int8 - fp32) / np.linalg.norm(fp32)) < 0.05
+
+
+@pytest.mark.parametrize("name", ["u8u8", "u8s8-reduce-range"])
+def test_fallback_quantizer_path_honours_the_recipe(
+    name: str, block1_onnx: Path, all_ranges: dict[str, TensorRanges], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calibration.recipe import RECIPES
+
+    quantize_qdq(block1_onnx, tmp_path / "cache_api.onnx", all_ranges["minmax"], RECIPES[name])
+    monkeypatch.setattr(qdq_module, "_has_cache_path_api", lambda: False)
+    quantize_qdq(block1_onnx, tmp_path / "quantizer.onnx", all_ranges["minmax"], RECIPES[name])
+    assert onnx.load(str(tmp_path / "cache_api.onnx")).graph == onnx.load(str(tmp_path / "quantizer.onnx")).graph
+
+
+def test_reduce_range_keeps_weights_within_7_bits(
+    block1_onnx: Path, all_ranges: dict[str, TensorRanges], tmp_path: Path
+) -> None:
+    from onnx import numpy_helper
+
+    from calibration.recipe import RECIPES
+
+    def max_weight(name: str) -> int:
+        out = tmp_path / f"{name}.onnx"
+        quantize_qdq(block1_onnx, out, all_ranges["minmax"], RECIPES[name])
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+    assert max_weight("u8s8") == 127
+    assert max_weight("u8s8-reduce-range") <= 64

@@ -57,6 +57,21 @@ def test_int8_and_fp16_error_bounds(tiny_bundle):
         h = out
 
 
+def test_every_engine_passed_or_failed_the_gate_on_record(tiny_bundle):
+    """Each engine was compared with its fp32 ONNX on held-out inputs; excluded exactly when beyond tolerance."""
+    m = read_bundle(tiny_bundle["path"])
+    assert m.settings["int8"]["recipe"]["name"] in ("u8s8", "u8u8", "u8s8-reduce-range")
+    for b in m.blocks:
+        for o in b.options:
+            g = o.accuracy_gate
+            assert g["samples"] > 0 and g["tolerance"] == m.settings["tolerance"][o.precision]
+            assert (o.excluded is not None) == (g["rel_l2"] > g["tolerance"] or g["export_relative_err"] > g["export_tolerance"])
+        assert b.option("s0", "fp32").accuracy_gate["rel_l2"] < 1e-4
+        assert b.option("s0", "fp16").accuracy_gate["rel_l2"] < 1e-2
+        # with the CPU's recipe, no int8 block saturates: every one is selectable (u8s8 without VNNI failed this)
+        assert b.option("s0", "int8").excluded is None, (b.name, b.option("s0", "int8").accuracy_gate)
+
+
 def test_profiles_are_measured(tiny_bundle):
     m = read_bundle(tiny_bundle["path"])
     assert 0 < m.teacher["accuracy"] <= 1

@@ -10,18 +10,21 @@ from pathlib import Path
 
 from legocompile.bundle import Manifest
 from legocompile.optimize.frontier import pareto_frontier
-from legocompile.optimize.select import costs_of, make_selection
+from legocompile.optimize.select import costs_of, make_selection, options_of
 from legocompile.optimize.solver import prepare
 from legocompile.workspace import atomic_produce, atomic_write_json
 
 
 def _entry(manifest: Manifest, choice) -> dict:
-    sel = make_selection(manifest, (b.options[i] for b, i in zip(manifest.blocks, choice)))
+    sel = make_selection(manifest, options_of(manifest, choice))
     return sel.to_json()["predicted"] | {"selection": [[o.variant, o.precision] for o in sel.options]}
 
 
 def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
-    """Write ``<stem>.json`` and ``<stem>.png``; return the JSON document (with the file paths)."""
+    """Write ``<stem>.json`` and ``<stem>.png``; return the JSON document (with the file paths).
+
+    The suffixes are appended to the stem's name (a stem ``out.v2-pareto`` gives ``out.v2-pareto.json``); a stem
+    already ending in ``.json`` or ``.png`` has that suffix dropped first."""
     prepared = prepare(costs_of(manifest))
     frontier = pareto_frontier(prepared, num_points=points)
     entries = [_entry(manifest, s.choice) for s in frontier]
@@ -29,6 +32,9 @@ def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
     mem = [e["memory_bytes"] for e in entries]
     acc = [e["accuracy"] for e in entries]
     stem = Path(stem)
+    if stem.suffix in (".json", ".png"):
+        stem = stem.with_suffix("")
+    json_path, png_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".png")
     doc = {
         "model": manifest.model,
         "teacher": manifest.teacher,
@@ -42,11 +48,11 @@ def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
             "memory_ratio": max(mem) / min(mem),
         },
         "additivity": {k: v for k, v in (manifest.additivity or {}).items() if k != "samples"} or None,
-        "json": str(stem.with_suffix(".json")),
-        "png": str(stem.with_suffix(".png")),
+        "json": str(json_path),
+        "png": str(png_path),
     }
-    atomic_produce(stem.with_suffix(".png"), lambda tmp: _plot(entries, manifest, tmp))
-    atomic_write_json(stem.with_suffix(".json"), doc)
+    atomic_produce(png_path, lambda tmp: _plot(entries, manifest, tmp))
+    atomic_write_json(json_path, doc)
     return doc
 
 

@@ -72,11 +72,24 @@ def additive_accuracy(teacher_accuracy: float, drops) -> float:
     return float(teacher_accuracy - sum(drops))
 
 
+def selectable(block) -> tuple[OptionEntry, ...]:
+    """A block's options that passed the accuracy gate, in manifest order: what the optimizer chooses from.
+
+    The optimizer's choice indices (``Solution.choice``) index this tuple, not ``block.options``.
+    """
+    return tuple(o for o in block.options if o.excluded is None)
+
+
 def costs_of(manifest: Manifest) -> list[list[Cost]]:
     """The optimizer's table: latency, memory, and ``-log(retention)`` as the quantity to minimise."""
     t = float(manifest.teacher["accuracy"])
-    return [[Cost(o.latency_ms, o.memory_bytes, -math.log(retention(o.accuracy_drop, t))) for o in b.options]
+    return [[Cost(o.latency_ms, o.memory_bytes, -math.log(retention(o.accuracy_drop, t))) for o in selectable(b)]
             for b in manifest.blocks]
+
+
+def options_of(manifest: Manifest, choice) -> tuple[OptionEntry, ...]:
+    """The options a solver's ``choice`` (an index per block into :func:`selectable`) stands for."""
+    return tuple(selectable(b)[i] for b, i in zip(manifest.blocks, choice))
 
 
 def chain_overhead_ms(manifest: Manifest) -> float:
@@ -105,4 +118,4 @@ def select_options(
                          Budget(latency_ms=blocks_budget, memory_bytes=memory_bytes))
     except InfeasibleBudgetError as e:  # restate it in end-to-end terms: the overhead is part of every selection
         raise InfeasibleBudgetError(asked, e.min_latency_ms + overhead, e.min_memory_bytes) from None
-    return make_selection(manifest, (b.options[i] for b, i in zip(manifest.blocks, solution.choice)))
+    return make_selection(manifest, options_of(manifest, solution.choice))
