@@ -4,22 +4,22 @@ A version is a tuple of ints (``(10, 13, 0, 35)``), never a string: ``"10.13" < 
 version-dependent in this backend asks one of the functions below, so the support matrix lives in one place and
 is unit-tested without TensorRT:
 
-========================  ==========================  ==========================  ==========================
-decision                  8.6                          10.x                        11.x
-========================  ==========================  ==========================  ==========================
-network typing            weak (builder flags)         strong (``STRONGLY_TYPED``)  strong, always (no flag)
-``EXPLICIT_BATCH`` flag   required                     deprecated: not passed       removed: not passed
-fp16                      fp16 ONNX + ``FP16`` flag    fp16 ONNX                    fp16 ONNX
-int8 (``qdq``, default)   QDQ ONNX + ``INT8`` flag     QDQ ONNX                     QDQ ONNX
-int8 (``implicit``)       fp32 ONNX + ``INT8`` flag +  same, weakly typed network   refused: calibrators and
-                          entropy calibrator reading   (deprecated since 10.1)      ``BuilderFlag.INT8`` are
-                          the calibration cache                                     gone
-engine device memory      ``device_memory_size``       ``device_memory_size_v2``    ``device_memory_size_v2``
-                                                       (10.1+)
-context scratch memory    per context (static)         shared ``USER_MANAGED``      shared ``USER_MANAGED``
-                                                       (10.1+)
-calibration cache header  ``TRT-8601-...``             ``TRT-101300-...``           (no calibration)
-========================  ==========================  ==========================  ==========================
+========================  ==========================  ===========================  ==========================
+decision                  8.6                         10.x                         11.x
+========================  ==========================  ===========================  ==========================
+network typing            weak (builder flags)        strong (``STRONGLY_TYPED``)  strong, always (no flag)
+``EXPLICIT_BATCH`` flag   required                    ignored: not passed          removed: not passed
+fp16                      fp16 ONNX + ``FP16`` flag   fp16 ONNX                    fp16 ONNX
+int8 (``qdq``, default)   QDQ ONNX + ``INT8`` flag    QDQ ONNX                     QDQ ONNX
+int8 (``implicit``)       fp32 ONNX + ``INT8`` flag   same, weakly typed           refused: no calibrators,
+                          + entropy calibrator that   network (deprecated          no ``BuilderFlag.INT8``
+                          reads the cache             since 10.1)
+engine scratch size       ``device_memory_size``      ``device_memory_size_v2``    ``device_memory_size_v2``
+                                                      (10.1+)
+context scratch memory    one per context             shared, ``USER_MANAGED``     shared, ``USER_MANAGED``
+                                                      (10.1+)
+calibration cache header  ``TRT-8601-...``            ``TRT-101300-...``           (no calibration)
+========================  ==========================  ===========================  ==========================
 
 Execution is ``set_tensor_address`` + ``execute_async_v3`` everywhere (TensorRT 8.5 and later); older versions are
 refused (:data:`MIN_SUPPORTED`). A major version newer than 11 is handled by the 11.x rules.
