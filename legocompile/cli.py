@@ -201,32 +201,92 @@ def cmd_optimize(args) -> None:
     _emit(args, sel.to_json(), _render_selection)
 
 
+def _load_npz(path: str, input_shape: tuple[int, ...]):
+    """``(x, y)`` from an .npz with arrays ``x`` (inputs shaped like the bundle's) and ``y`` (labels); no pickles."""
+    import zipfile
+
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise LegoCompileError(f"data file not found: {p}")
+    def first_line(e: BaseException) -> str:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise LegoCompileError(f"{p}: not a readable .npz file ({first_line(e)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise LegoCompileError(f"{p}: not an .npz archive (--data needs an .npz with arrays x and y)")
+    with archive:
+        for key in ("x", "y"):
+            if key not in archive.files:
+                have = ", ".join(archive.files) or "none"
+                raise LegoCompileError(f"{p}: no array {key!r} (--data needs arrays x and y; it has {have})")
+        try:
+            x, y = archive["x"], archive["y"]
+        except ValueError:
+            raise LegoCompileError(f"{p}: holds object arrays, which are not read (no pickles); "
+                                   "save numeric arrays") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise LegoCompileError(f"{p}: damaged .npz file ({first_line(e)})") from None
+    expected = tuple(input_shape[1:])
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise LegoCompileError(f"{p}: x has shape {tuple(x.shape)}; the bundle's input is "
+                               f"(N, {', '.join(map(str, expected))})")
+    if y.shape != (len(x),):
+        raise LegoCompileError(f"{p}: y has shape {tuple(y.shape)}; it must hold one label per row of x ({len(x)},)")
+    if len(x) == 0:
+        raise LegoCompileError(f"{p}: x and y are empty")
+    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
+
+
+def _render_run(d: dict) -> None:
+    _render_selection({k: v for k, v in d.items() if k != "measured"})
+    m = d["measured"]
+    acc = f"top-1 {m['accuracy'] * 100:.2f}%" if m["accuracy"] is not None else f"accuracy {m['accuracy_note']}"
+    _console().print(f"measured:  {acc}, latency {m['latency_ms']:.3f} ms (p90 {m['latency_p90_ms']:.3f}, "
+                     f"{m['runs']} runs)")
+
+
 def cmd_run(args) -> None:
+    """Select, then measure. Evaluation data comes only from the user: ``--data`` or ``--config`` (never the bundle,
+    which is data and names no code to run)."""
     import numpy as np
 
     from legocompile.profile import measure_latency, top1
     from legocompile.project import load_dataset, resolve_project
     from legocompile.runtime import Runtime
 
+    if args.data and args.config:
+        raise LegoCompileError("give --data or --config for the evaluation data, not both")
     rt = Runtime.load(args.bundle)
-    sel = rt.select(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
-    provider = rt.manifest.extra.get("data_provider")
-    if args.config:
+    shape = tuple(rt.manifest.input.shape)
+    ex = ey = None
+    if args.data:
+        ex, ey = _load_npz(args.data, shape)
+    elif args.config:
         cfg = resolve_project(args.config).config
         data = load_dataset(cfg.data_provider, search_path=cfg.root)
-    elif provider:
-        data = load_dataset(provider, search_path=Path.cwd())
+        ex, ey = np.ascontiguousarray(data.eval_x, dtype=np.float32), np.asarray(data.eval_y)
+    sel = rt.select(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    measured: dict = {"accuracy": None}
+    if ex is not None:
+        measured["accuracy"] = top1(rt.predict(ex), ey)
+        measured["num_eval"] = len(ey)
     else:
-        raise LegoCompileError("the bundle records no dataset provider; pass --config with a [data].provider")
-    ex, ey = data.eval_x, data.eval_y
-    ex = np.ascontiguousarray(ex, dtype=np.float32)
-    acc = top1(rt.predict(ex), np.asarray(ey))
-    batch = rt.manifest.input.shape[0]
-    x = ex[:batch]
+        measured["accuracy_note"] = "not measured (no evaluation data: pass --data FILE.npz or --config)"
+    batch = shape[0]
+    x = ex[:batch] if ex is not None and len(ex) >= batch else np.zeros(shape, np.float32)
     lat = measure_latency(lambda: rt(x), warmup=20, runs=args.runs)
-    doc = sel.to_json() | {"measured": {"accuracy": acc, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms,
-                                        "runs": lat.runs, "batch_size": batch}}
-    _emit(args, doc, _render_selection)
+    measured |= {"latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms, "runs": lat.runs, "batch_size": batch}
+    _emit(args, sel.to_json() | {"measured": measured}, _render_run)
+
+
+def _pareto_stem(bundle: str) -> Path:
+    """Default output stem: ``./<bundle name>-pareto`` in the current folder, outside the checksummed bundle."""
+    return Path.cwd() / f"{Path(bundle).resolve().name}-pareto"
 
 
 def cmd_pareto(args) -> None:
@@ -234,7 +294,7 @@ def cmd_pareto(args) -> None:
     from legocompile.optimize.pareto import write_pareto
 
     manifest = read_bundle(args.bundle, verify=False)
-    stem = Path(args.out) if args.out else Path(args.bundle) / "pareto"
+    stem = Path(args.out) if args.out else _pareto_stem(args.bundle)
     doc = write_pareto(manifest, stem, points=args.points)
 
     def render(d):
@@ -247,6 +307,25 @@ def cmd_pareto(args) -> None:
         c.print(f"wrote {d['json']} and {d['png']}")
 
     _emit(args, doc, render)
+
+
+def cmd_verify(args) -> None:
+    """Check every file of a bundle against its manifest. Problems go to stdout, one per line; exit 1 if any."""
+    from legocompile.bundle import verify_bundle
+
+    problems = verify_bundle(args.bundle)
+    doc = {"bundle": str(args.bundle), "ok": not problems, "problems": problems}
+
+    def render(d):
+        if d["ok"]:
+            print(f"ok: {d['bundle']}")
+        for line in d["problems"]:
+            print(line)
+
+    _emit(args, doc, render)
+    if problems:
+        n = len(problems)
+        raise LegoCompileError(f"{args.bundle}: verification failed ({n} problem{'s' if n > 1 else ''})")
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -288,23 +367,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("verify", help="check every file of a bundle against its manifest (exit 1 on a problem)",
+                       description="check every file of a bundle against its manifest: prints 'ok' or one line per "
+                                   "problem (missing file, checksum mismatch, unsafe path, bad manifest)")
+    p.add_argument("bundle")
+    _add_common(p)
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("pareto", help="the accuracy-latency-memory frontier of a bundle, as JSON and a PNG plot")
     p.add_argument("bundle")
-    p.add_argument("--out", help="output stem (default: BUNDLE/pareto → pareto.json, pareto.png)")
+    p.add_argument("--out", help="output stem: writes STEM.json and STEM.png (default: ./NAME-pareto in the current "
+                                 "folder, NAME being the bundle folder's name; never inside the bundle)")
     p.add_argument("--points", type=int, default=60, help="budgets swept per axis (default 60)")
     _add_common(p)
     p.set_defaults(func=cmd_pareto)
 
     for name, func, help_text in (
         ("optimize", cmd_optimize, "choose one engine per block under a budget (from the profiles)"),
-        ("run", cmd_run, "select under a budget, then measure latency and accuracy on the evaluation split"),
+        ("run", cmd_run, "select under a budget, then measure latency (and accuracy, given --data or --config)"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("bundle")
         p.add_argument("--latency-ms", type=float, help="budget on the sum of block latencies (ms)")
         p.add_argument("--memory-mb", type=float, help="budget on the sum of engine memory (MB)")
         if name == "run":
-            p.add_argument("--config", help="project file whose [data].provider gives the evaluation split")
+            p.add_argument("--data", metavar="FILE.npz",
+                           help="evaluation data: an .npz with arrays x (inputs) and y (labels)")
+            p.add_argument("--config", help="or a project file whose [data].provider gives the evaluation split "
+                                            "(without --data or --config, only latency is measured)")
             p.add_argument("--runs", type=int, default=200, help="timed end-to-end runs (default 200)")
         _add_common(p)
         p.set_defaults(func=func)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,129 @@ def test_help_works_without_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: legocompile" in out
     assert out.strip().splitlines()[-1] == "HEAVY="
+
+
+# ----------------------------------------------------------------------------------------------------- a bundle is data
+@pytest.fixture()
+def eval_npz(tmp_path):
+    """The project's evaluation split (the provider's x_test[:100], y_test[:100]) as an .npz."""
+    import numpy as np
+
+    from legocompile.examples.digits import load_splits
+
+    s = load_splits()
+    path = tmp_path / "eval.npz"
+    np.savez(path, x=s.x_test[:100], y=s.y_test[:100])
+    return path
+
+
+def test_run_with_data_file_measures_the_same_accuracy_as_config(built, capsys, eval_npz):
+    project, _ = built
+    out_dir = str(project / "out")
+    code, out, err = cli(capsys, "run", out_dir, "--data", str(eval_npz), "--runs", "5", "--json")
+    assert code == 0, err
+    by_file = json.loads(out)["measured"]
+    code, out, err = cli(capsys, "run", out_dir, "--config", str(project / "legocompile.toml"), "--runs", "5",
+                         "--json")
+    assert code == 0, err
+    assert by_file["accuracy"] == json.loads(out)["measured"]["accuracy"] > 0
+    assert by_file["num_eval"] == 100
+
+
+def test_run_without_data_measures_latency_only(built, capsys):
+    project, _ = built
+    code, out, err = cli(capsys, "run", str(project / "out"), "--runs", "5", "--json")
+    assert code == 0, err
+    m = json.loads(out)["measured"]
+    assert m["accuracy"] is None and "not measured" in m["accuracy_note"] and m["latency_ms"] > 0
+    code, out, err = cli(capsys, "run", str(project / "out"), "--runs", "5")
+    assert code == 0, err
+    assert "accuracy not measured (no evaluation data: pass --data FILE.npz or --config)" in " ".join(out.split())
+
+
+def test_run_never_imports_what_a_bundle_names(built, capsys, tmp_path, monkeypatch):
+    """A downloaded bundle naming a data provider (as old manifests did) must not get it imported or called."""
+    project, _ = built
+    bundle = tmp_path / "downloaded"
+    shutil.copytree(project / "out", bundle)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["extra"] = {"data_provider": "evilmod:data"}
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    sentinel = tmp_path / "PWNED"
+    (tmp_path / "evilmod.py").write_text(f"open({str(sentinel)!r}, 'w').write('x')\ndef data():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = cli(capsys, "run", str(bundle), "--runs", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["measured"]["accuracy"] is None
+    assert not sentinel.exists() and "evilmod" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": "X"}, "no array 'y' (--data needs arrays x and y; it has x)"),
+        ({"inputs": "X", "y": "Y"}, "no array 'x' (--data needs arrays x and y; it has inputs, y)"),
+        ({"x": "X[:, :, :16]", "y": "Y"}, "x has shape (100, 1, 16, 32); the bundle's input is (N, 1, 32, 32)"),
+        ({"x": "X", "y": "Y[:50]"}, "y has shape (50,); it must hold one label per row of x (100,)"),
+        ({"x": "X", "y": "OBJ"}, "holds object arrays, which are not read (no pickles)"),
+        ("not an npz", "not a readable .npz file"),
+        (None, "data file not found"),
+    ],
+)
+def test_run_bad_data_file_is_one_line(built, capsys, tmp_path, arrays, message):
+    import numpy as np
+
+    project, _ = built
+    path = tmp_path / "bad.npz"
+    if isinstance(arrays, dict):
+        X, Y = np.zeros((100, 1, 32, 32), np.float32), np.zeros(100, np.int64)  # noqa: N806
+        OBJ = np.array([object()] * 100, dtype=object)  # noqa: N806
+        np.savez(path, **{k: eval(v, {"X": X, "Y": Y, "OBJ": OBJ}) for k, v in arrays.items()})
+    elif isinstance(arrays, str):
+        path.write_text(arrays)
+    code, out, err = cli(capsys, "run", str(project / "out"), "--data", str(path), "--runs", "3")
+    assert code == 1 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_run_refuses_data_and_config_together(built, capsys, eval_npz):
+    project, _ = built
+    code, _, err = cli(capsys, "run", str(project / "out"), "--data", str(eval_npz), "--config",
+                       str(project / "legocompile.toml"))
+    assert code == 1 and "not both" in err
+
+
+def test_pareto_writes_outside_the_bundle(built, capsys, tmp_path, monkeypatch):
+    project, _ = built
+    bundle = tmp_path / "my.bundle"
+    shutil.copytree(project / "out", bundle)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "pareto", str(bundle), "--points", "6", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["json"] == str(tmp_path / "my.bundle-pareto.json")
+    assert doc["png"] == str(tmp_path / "my.bundle-pareto.png")
+    assert (tmp_path / "my.bundle-pareto.json").is_file() and (tmp_path / "my.bundle-pareto.png").is_file()
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in (project / "out").iterdir())
+    code, _, err = cli(capsys, "pareto", str(bundle), "--points", "6", "--out", str(tmp_path / "plots" / "front"))
+    assert code == 0, err
+    assert (tmp_path / "plots" / "front.json").is_file() and (tmp_path / "plots" / "front.png").is_file()
+    assert cli(capsys, "verify", str(bundle))[0] == 0
+
+
+def test_verify_a_built_bundle(built, capsys):
+    project, _ = built
+    code, out, err = cli(capsys, "verify", str(project / "out"))
+    assert code == 0 and out == f"ok: {project / 'out'}\n" and err == ""
+
+
+def test_build_refuses_to_replace_a_users_folder(built, capsys, tmp_path):
+    project, _ = built
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, _, err = cli(capsys, "build", "--config", str(project / "legocompile.toml"), "--out", str(mine), "-q")
+    assert code == 1 and "is not empty and is not a legocompile bundle" in err, err
+    assert err.count("\n") == 1
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"

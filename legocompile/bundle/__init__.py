@@ -5,7 +5,7 @@ A bundle is data: reading, verifying or running one never imports or calls anyth
 
 from legocompile.bundle.manifest import SCHEMA_VERSION, BlockEntry, Manifest, ManifestError, OptionEntry, TensorSpec
 from legocompile.bundle.reader import read_bundle, read_verified_bytes, verify_bundle
-from legocompile.bundle.writer import is_bundle_dir, write_bundle
+from legocompile.bundle.writer import check_target, is_bundle_dir, write_bundle
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -14,6 +14,7 @@ __all__ = [
     "ManifestError",
     "OptionEntry",
     "TensorSpec",
+    "check_target",
     "is_bundle_dir",
     "read_bundle",
     "read_verified_bytes",

@@ -105,7 +105,10 @@ def _recover(out: Path) -> None:
         _remove_ours(p)
 
 
-def _check_target(out: Path) -> None:
+def check_target(out: str | os.PathLike) -> None:
+    """Raise a one-line :class:`LegoCompileError` unless ``out`` is missing, an empty folder or a legocompile bundle
+    (callers may check before a long build; :func:`write_bundle` checks again)."""
+    out = Path(out).resolve()
     if not os.path.lexists(out):
         return
     if not out.is_dir():
@@ -214,10 +217,10 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, Pa
             for rel in (o.engine, o.onnx):
                 if rel not in files:
                     raise LegoCompileError(f"{b.name} {o.variant}/{o.precision}: {rel!r} is not among the bundle files")
-    _check_target(out)
+    check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _recover(out)
-    _check_target(out)  # a restored bundle is a bundle; re-check anyway
+    check_target(out)  # a restored bundle is a bundle; re-check anyway
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     tmp.mkdir()
     try:
