@@ -119,6 +119,14 @@ def test_version_decisions(version, flags, implicit, strong, strong_only, mem_at
     assert v.unsupported_reason(version) is None
 
 
+def test_context_creation() -> None:
+    assert v.context_creation(V86, shared_scratch=True) == "static"
+    assert v.context_creation(V100, shared_scratch=True) == "static"
+    assert v.context_creation(V1013, shared_scratch=True) == "strategy"
+    assert v.context_creation(V1013, shared_scratch=False) == "static"
+    assert v.context_creation(V11, shared_scratch=True) == "runtime_config"
+
+
 def test_network_creation_flags() -> None:
     assert v.network_creation_flags(V86, strongly_typed=False) == ("EXPLICIT_BATCH",)
     assert v.network_creation_flags(V100, strongly_typed=True) == ("STRONGLY_TYPED",)

@@ -141,10 +141,16 @@ class ExecutionResources:
         """An execution context; with shared scratch, pointed at the (grown if needed) shared allocation."""
         import tensorrt as trt
 
-        if not self.shared_scratch:
+        how = v.context_creation(self.version, shared_scratch=self.shared_scratch)
+        context: trt.IExecutionContext | None  # None when TensorRT cannot allocate, which the stubs do not say
+        if how == "static":
             context = engine.create_execution_context()
-        else:
+        elif how == "strategy":
             context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        else:
+            config = engine.create_runtime_config()
+            config.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            context = engine.create_execution_context(config)
         if context is None:
             raise LegoCompileError("TensorRT could not create an execution context (out of GPU memory?)")
         if self.shared_scratch:

@@ -16,7 +16,7 @@ int8 (``implicit``)       fp32 ONNX + ``INT8`` flag   same, weakly typed        
                           reads the cache             since 10.1)
 engine scratch size       ``device_memory_size``      ``device_memory_size_v2``    ``device_memory_size_v2``
                                                       (10.1+)
-context scratch memory    one per context             shared, ``USER_MANAGED``     shared, ``USER_MANAGED``
+context scratch memory    one per context             shared, ``USER_MANAGED``     shared, ``IRuntimeConfig``
                                                       (10.1+)
 calibration cache header  ``TRT-8601-...``            ``TRT-101300-...``           (no calibration)
 ========================  ==========================  ===========================  ==========================
@@ -180,6 +180,16 @@ def user_managed_scratch(version: Version) -> bool:
     largest size, instead of one per context.
     """
     return version[:2] >= (10, 1)
+
+
+def context_creation(version: Version, *, shared_scratch: bool) -> str:
+    """How to create an execution context: ``"static"`` (TensorRT allocates its scratch), ``"strategy"``
+    (``create_execution_context(ExecutionContextAllocationStrategy.USER_MANAGED)``, 10.1 to 10.x) or
+    ``"runtime_config"`` (an ``IRuntimeConfig`` set to ``USER_MANAGED``, 11 and later, where that is the documented
+    route and the strategy overload may be gone)."""
+    if not shared_scratch or not user_managed_scratch(version):
+        return "static"
+    return "runtime_config" if rules_major(version) >= 11 else "strategy"
 
 
 def calibration_cache_version(version: Version) -> str:
