@@ -90,15 +90,16 @@ def _build(args, until: str = "bundle") -> None:
         sparsities=cfg.variants.sparsities,
         retrain=retrain_settings(cfg.variants),
         external_variants=external_variants(cfg),
+        int8_format=cfg.build.int8_format,
+        tolerance=cfg.build.tolerance,
         model_name=cfg.model.name,
-        data_provider=cfg.data_provider,
         progress=progress,
         report=report,
         until=until,
     )
     elapsed = time.perf_counter() - t0
     doc = {"stage": until, "work_dir": str(cfg.build.work_dir), "built": report.built, "cached": report.cached,
-           "unprunable": report.unprunable, "seconds": round(elapsed, 2)}
+           "unprunable": report.unprunable, "excluded": report.excluded, "seconds": round(elapsed, 2)}
     if until == "bundle":
         from legocompile.bundle import read_bundle
         from legocompile.inspect import summary
@@ -116,6 +117,10 @@ def _build(args, until: str = "bundle") -> None:
                 c.print(f"  {note}")
             if len(d["unprunable"]) > 6:
                 c.print(f"  ... {len(d['unprunable']) - 6} more in --json")
+        if d["excluded"]:
+            c.print(f"the accuracy gate left {len(d['excluded'])} engines out of the selectable options:")
+            for note in d["excluded"]:
+                c.print(f"  {note}")
         built = ", ".join(f"{k} {v}" for k, v in d["built"].items()) or "nothing"
         cached = ", ".join(f"{k} {v}" for k, v in d["cached"].items()) or "nothing"
         c.print(f"built: {built}; cached: {cached}; {d['seconds']:.1f} s")
@@ -147,15 +152,25 @@ def _render_summary(d: dict) -> None:
     t = d["teacher"]
     c.print(f"[bold]{d['model']}[/]: teacher top-1 {t['accuracy'] * 100:.2f}% on {t['num_eval']} samples, "
             f"chained fp32 latency {t['latency_ms']:.3f} ms")
-    table = Table("block", "option", "params", "ms", "p90 ms", "MB", "Δacc pt", "export err", box=None)
+    if d.get("int8"):
+        c.print(f"int8 format: {d['int8']['reason']}")
+    table = Table("block", "option", "params", "ms", "p90 ms", "MB", "Δacc pt", "export err", "gate err", "",
+                  box=None)
+    excluded = []
     for b in d["blocks"]:
         for k, o in enumerate(b["options"]):
+            gate = o.get("accuracy_gate") or {}
             table.add_row(
                 b["name"] if k == 0 else "", f"{o['variant']}/{o['precision']}", f"{o['params']:,}",
                 f"{o['latency_ms']:.3f}", f"{o['latency_p90_ms']:.3f}", f"{o['memory_bytes'] / 1e6:.2f}",
                 f"{o['accuracy_drop'] * 100:+.2f}", f"{o['export_max_abs_err']:.1e}",
+                f"{gate['rel_l2']:.2%}" if "rel_l2" in gate else "-", "excluded" if o.get("excluded") else "",
             )
+            if o.get("excluded"):
+                excluded.append(f"{b['name']} {o['variant']}/{o['precision']}: {o['excluded']}")
     c.print(table)
+    for note in excluded:
+        c.print(f"not selectable: {note}")
     if d.get("additivity"):
         a = d["additivity"]
         c.print(f"accuracy model check over {a['num_selections']} random selections: mean |predicted - measured| = "

@@ -133,6 +133,9 @@ def compile(  # noqa: A001 - the public name the API promises
     progress = progress or SilentProgress()
     precisions = normalize_precisions(list(precisions))
     out = Path(out).resolve()
+    from legocompile.bundle import check_target
+
+    check_target(out)  # refuse a folder that is not a bundle now, not after every stage has run
     ws = Workspace(Path(work_dir) if work_dir else out.parent / "legocompile-work")
     report = report if report is not None else BuildReport(bundle=out)
     be = get_backend(backend)

@@ -11,7 +11,7 @@ import torch
 
 import legocompile
 from legocompile.blocks import partition
-from legocompile.bundle import Manifest, read_bundle
+from legocompile.bundle import SCHEMA_VERSION, Manifest, read_bundle
 from legocompile.config import ProfileConfig
 from legocompile.errors import LegoCompileError
 from legocompile.pipeline import BuildReport
@@ -19,7 +19,7 @@ from legocompile.pipeline import BuildReport
 
 def test_bundle_layout_and_options(tiny_bundle):
     m = read_bundle(tiny_bundle["path"])
-    assert m.schema_version == 1 and m.model == "tiny"
+    assert m.schema_version == SCHEMA_VERSION == 2 and m.model == "tiny"
     assert len(m.blocks) == 4
     for b in m.blocks:
         assert [(o.variant, o.precision) for o in b.options] == [("s0", "fp32"), ("s0", "fp16"), ("s0", "int8")]

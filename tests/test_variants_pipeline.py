@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,13 +185,17 @@ def test_bring_your_own_variant_compiles(variant_bundle, tiny_model, data, tmp_p
     assert m.blocks[1].option("mine", "fp32").accuracy_drop == pytest.approx(0.0)  # identical weights
 
 
-def test_pareto_writes_json_and_png(variant_bundle, capsys):
+def test_pareto_writes_json_and_png_outside_the_bundle(variant_bundle, capsys, tmp_path, monkeypatch):
+    from legocompile.bundle import verify_bundle
     from legocompile.cli import main
 
+    monkeypatch.chdir(tmp_path)
     assert main(["pareto", str(variant_bundle["path"]), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["num_selections"] >= 50
-    assert (variant_bundle["path"] / "pareto.png").stat().st_size > 1000
+    assert Path(doc["png"]).resolve().parent == tmp_path.resolve()
+    assert Path(doc["png"]).stat().st_size > 1000
+    assert not (variant_bundle["path"] / "pareto.png").exists() and verify_bundle(variant_bundle["path"]) == []
     frontier = doc["frontier"]
     assert frontier == sorted(frontier, key=lambda e: (e["latency_ms"], e["memory_bytes"], -e["accuracy"]))
     for a in frontier:  # no point dominates another
