@@ -31,9 +31,12 @@ def _has_gpu() -> bool:
 
 
 def _has_tensorrt() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorrt") is not None
+    """A real TensorRT, not the type stubs (``tensorrt-stubs`` installs an importable, empty ``tensorrt``)."""
+    try:
+        import tensorrt
+    except Exception:  # absent, or its libraries do not load
+        return False
+    return hasattr(tensorrt, "Builder") and hasattr(tensorrt, "__version__")
 
 
 @pytest.fixture(scope="session")
