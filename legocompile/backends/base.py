@@ -1,8 +1,13 @@
 """What a backend must do.
 
-A backend turns a block's ONNX into an engine file for one precision, loads engine files, allocates the boundary
+A backend turns a block's ONNX into an engine file for one precision, loads engines, allocates the boundary
 buffers that every variant of a block reads and writes, and binds a loaded engine to an (input, output) buffer pair.
-The runtime only ever calls ``bound.run()`` on the hot path.
+The runtime only ever calls the bound callable on the hot path.
+
+The Runtime loads engines from bytes it has read from the bundle and checked against the manifest's sha256
+(:func:`legocompile.bundle.reader.read_verified_bytes`), so a file swapped after the check is never loaded. Build
+and profiling code may pass a path. An engine is unloaded by dropping every reference to it (the engine and the
+callables ``bind`` returned); a backend must free its memory then.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ class Backend(Protocol):
         (int8 only; backends with one int8 format ignore the recipe)."""
         ...
 
-    def load(self, engine_path: Path) -> Engine: ...
+    def load(self, engine: bytes | Path) -> Engine:
+        """Load an engine from its serialized bytes (what the Runtime passes) or from a file."""
+        ...
 
     def allocate(self, shape: tuple[int, ...]) -> Buffer: ...
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from legocompile.backends.onnxrt.session import create_session, ort_compat, session_options
+from legocompile.backends.onnxrt.session import create_session, session_options
 from legocompile.errors import LegoCompileError
 from legocompile.export import INPUT_NAME, OUTPUT_NAME
 from legocompile.workspace import atomic_produce
@@ -33,22 +33,26 @@ class OrtBuffer:
 
 
 class OrtEngine:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.session = create_session(self.path)
+    """A loaded ORT session. ``model`` is the engine's ONNX bytes (what the Runtime passes, read from the bundle
+    and checked against its sha256) or a path (builds and profiling)."""
+
+    def __init__(self, model: bytes | Path) -> None:
+        self.path = None if isinstance(model, (bytes, bytearray, memoryview)) else Path(model)
+        self.session = create_session(model)
 
     def bind(self, src: OrtBuffer, dst: OrtBuffer) -> Callable[[], None]:
-        import onnxruntime as ort
+        """A callable that runs this engine from ``src`` into ``dst`` through ORT's public IOBinding API.
 
-        binding = self.session.io_binding()
+        The callable holds the session, the binding and both buffers (the binding does not own the buffers'
+        memory), but not this ``OrtEngine``: a cache of bindings kept on an engine creates no reference cycle.
+        """
+        session = self.session
+        binding = session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, src.value)
         binding.bind_ortvalue_output(OUTPUT_NAME, dst.value)
-        # The binding points at the buffers' memory without owning it: the returned callable keeps them alive.
-        keep_alive = (binding, src, dst)
 
-        def run(_run=self.session._sess.run_with_iobinding, _native=binding._iobinding, _opts=ort.RunOptions(),
-                _keep=keep_alive) -> None:
-            _run(_native, _opts)  # the C++ call directly: the Python wrapper adds per-call checks
+        def run(_run=session.run_with_iobinding, _binding=binding, _keep=(src, dst)) -> None:
+            _run(_binding, None)
 
         return run
 
@@ -82,13 +86,13 @@ class OnnxRuntimeBackend:
             from calibration.qdq import quantize_qdq
             from calibration.recipe import host_recipe
 
-            with ort_compat():
-                atomic_produce(out_path, lambda tmp: quantize_qdq(onnx_path, tmp, ranges, recipe or host_recipe()[0]))
+            atomic_produce(out_path, lambda tmp: quantize_qdq(onnx_path, tmp, ranges, recipe or host_recipe()[0]))
         else:
             raise LegoCompileError(f"onnxruntime backend: unknown precision {precision!r}")
 
-    def load(self, engine_path: Path) -> OrtEngine:
-        return OrtEngine(engine_path)
+    def load(self, engine: bytes | Path) -> OrtEngine:
+        """Load an engine from its bytes (the Runtime: verified bundle bytes) or from a file."""
+        return OrtEngine(engine)
 
     def allocate(self, shape: tuple[int, ...]) -> OrtBuffer:
         import onnxruntime as ort
