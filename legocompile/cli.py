@@ -66,7 +66,7 @@ def _build(args, until: str = "bundle") -> None:
 
     project = resolve_project(args.config)
     precisions = normalize_precisions(args.precision, "--precision") if args.precision else None
-    project = with_overrides(project, precisions=precisions, out=args.out)
+    project = with_overrides(project, precisions=precisions, out=args.out, backend=args.backend)
     cfg = project.config
     progress = RichProgress(enabled=not args.quiet)
     t0 = time.perf_counter()
@@ -351,6 +351,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from legocompile import __version__
+    from legocompile.backends import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="legocompile",
@@ -372,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="project file (default: ./legocompile.toml, else the built-in example)")
         p.add_argument("--precision", help="comma-separated: fp32,fp16,int8 (fp32 is always built)")
         p.add_argument("--out", help="bundle folder (default from the project, else ./legocompile-out)")
+        p.add_argument("--backend", choices=sorted(BACKENDS), help="engine backend (default from the project, "
+                       "else onnxruntime)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         _add_common(p)
         p.set_defaults(func=lambda a, until=until: _build(a, until))

@@ -15,7 +15,6 @@ from typing import Any
 from legocompile.errors import LegoCompileError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -229,6 +228,8 @@ def load_config(path: str | Path) -> ProjectConfig:
         u.get("precisions", list, f"a list drawn from {', '.join(PRECISIONS)}", ["fp32", "int8"]),
         f"{src}: [build].precisions",
     )
+    from legocompile.backends import BACKENDS  # the registry: one line per backend folder
+
     backend = u.get("backend", str, f"one of {', '.join(BACKENDS)}", "onnxruntime")
     if backend not in BACKENDS:
         raise u._err("backend", f"one of {', '.join(BACKENDS)}", backend)

@@ -101,10 +101,12 @@ def resolve_project(config: str | Path | None) -> Project:
     return Project(example_config(), is_example=True)
 
 
-def with_overrides(project: Project, *, precisions=None, out=None) -> Project:
+def with_overrides(project: Project, *, precisions=None, out=None, backend=None) -> Project:
     build = project.config.build
     if precisions is not None:
         build = replace(build, precisions=precisions)
+    if backend is not None:
+        build = replace(build, backend=backend)
     if out is not None:
         build = replace(build, out=Path(out).resolve())
     return replace(project, config=replace(project.config, build=build))
