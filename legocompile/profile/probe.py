@@ -1,26 +1,41 @@
 """The profiling probe: a separate process that measures engines the way the Runtime will run them.
 
-Why a separate process: ORT's process-wide thread pool (which the Runtime uses to chain engines cheaply) cannot be
-undone once created, and resident-memory figures are only meaningful in a clean process. The build process stays
-an ordinary ORT user; the probe is set up exactly like an application that loads the bundle.
+Why a separate process: resident-memory figures are only meaningful in a clean process, and the probe must set
+up ORT threading exactly like an application that loads the bundle (the process-wide pool, if the build opted in
+to it, cannot be undone). The build process stays an ordinary ORT user.
 
-Order matters. The probe first measures **memory**, forking one child per engine before any ORT thread exists: the
-child loads the engine once and runs it (paging in ORT's code and process-wide state, about 16 MB here, paid once
-per process), reads its resident set size, loads a second instance, runs one inference at the profile batch size
-(which sizes the activation arena), and reads its RSS again; the difference is what keeping that engine loaded
-costs. Then the probe configures ORT threading like the Runtime and measures **latency in context**: a chain of
-original engines of the same precision runs on real input with one block swapped for the engine being measured,
+**Memory** (``memory_bytes``): the resident bytes that keeping one more instance of the engine loaded adds, at the
+profile batch size, in the Runtime's threading mode. For each engine the probe forks a child before any ORT
+session or thread exists. The child reads the engine's bytes and loads it from them, as the Runtime does. It loads
+two instances first (paging in ORT's code and process-wide state, paid once per process). Then it loads eight
+more, one at a time, and reads the resident set size (``/proc/self/statm``) after each. Each instance is loaded,
+bound to preallocated boundary buffers, and run three times, which sizes its activation arena and plans its memory
+pattern. The figure is the median of the eight increments. So it covers the weights as ORT keeps them (prepacked
+layouts included), the session's own structures and per-session threads, and the touched part of the activation
+arena.
+
+What makes it repeatable is ``malloc_trim``: the C heap's free pages go back to the OS after each load, before the
+first run, and before each reading. That is also what the Runtime does after a switch. Without it, whether an
+engine's arena landed on pages that the load had just freed (still resident) or on fresh ones (resident only where
+touched) changed from process to process. Figures of one engine then varied by up to 70%, and pruned variants
+could measure above their originals. With it, two probe runs of the example's engines agree within 2%. The
+initializer bytes are reported beside the figure (``memory_detail``) as its explainable floor. For the example
+the figure is the weights plus 0.3 to 0.8 MB per engine: ORT's session structures, the arena and one pool thread.
+
+**Latency in context**: after the memory children, the probe configures ORT threading like the Runtime. A chain of
+original engines of the same precision runs on real input, with one block swapped for the engine being measured,
 and only that engine's call is timed. An engine timed alone, back to back, keeps its weights and activations in
-cache; in a chain its neighbours evict them (4-10% slower here), and how much depends on the neighbours: int8
-engines timed among fp32 neighbours came out ~20% slower than in an int8 chain. Rounds interleave all engines
-so drifts of the machine hit them alike. Finally it times the whole chain as the Runtime calls it (copy in, run the
-blocks, copy out); what that takes beyond the sum of the blocks is the chain's fixed overhead per call.
+cache. In a chain its neighbours evict them (4-10% slower here), and how much depends on the neighbours: int8
+engines timed among fp32 neighbours came out ~20% slower than in an int8 chain. Rounds interleave all engines so
+that drifts of the machine hit them alike. Finally it times the whole chain as the Runtime calls it (copy in, run
+the blocks, copy out); what that takes beyond the sum of the blocks is the chain's fixed overhead per call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -43,42 +58,77 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _memory_child(path: str, shape: list[int], threads: int) -> int:
-    import numpy as np
+MEMORY_METHOD = "rss-slope-trimmed-v1"  # what memory_bytes means; see the module docstring
+MEMORY_WARM = 2  # instances loaded before the first reading
+MEMORY_STEPS = 8  # readings after those, one more instance each
 
-    from legocompile.backends.onnxrt.session import configure_threads, create_session
-    from legocompile.export import INPUT_NAME, OUTPUT_NAME
+
+def _initializer_bytes(data: bytes) -> int:
+    """Bytes of the engine's initializers (weights) as stored: the floor of what keeping it loaded can cost."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    total = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+def _memory_child(path: str, shape: list[int], out_shape: list[int], threads: int) -> dict:
+    """Resident bytes that one more loaded, run engine adds, measured like the Runtime holds it (see the module
+    docstring). Returns the figure and the readings it comes from."""
+    from legocompile.backends.onnxrt import OnnxRuntimeBackend, configure_threads
+    from legocompile.runtime.executor import release_free_heap
 
     configure_threads(threads)
-    x = np.zeros(shape, dtype=np.float32)
-    warm = create_session(path)
-    warm.run([OUTPUT_NAME], {INPUT_NAME: x})
-    before = _rss_bytes()
-    session = create_session(path)
-    session.run([OUTPUT_NAME], {INPUT_NAME: x})
-    after = _rss_bytes()
-    del warm, session
-    return max(0, after - before)
+    be = OnnxRuntimeBackend()
+    data = Path(path).read_bytes()
+    src, dst = be.allocate(tuple(shape)), be.allocate(tuple(out_shape))
+    held = []
+
+    def one_more() -> None:
+        engine = be.load(data)  # from bytes, as the Runtime loads it
+        run = engine.bind(src, dst)
+        # The Runtime gives the heap's free pages back after loading, before the first call (see the docstring)
+        release_free_heap()
+        for _ in range(3):  # the first runs size the arena and plan the memory pattern; then it is steady
+            run()
+        held.append((engine, run))
+
+    for _ in range(MEMORY_WARM):  # pages in ORT's code and process-wide state, paid once per process
+        one_more()
+    readings = []
+    for step in range(MEMORY_STEPS + 1):
+        if step:
+            one_more()
+        release_free_heap()  # freed load-time garbage goes back to the OS, as the Runtime does after a switch
+        readings.append(_rss_bytes())
+    deltas = [b - a for a, b in zip(readings, readings[1:])]
+    return {"memory_bytes": int(round(max(statistics.median(deltas), 0))), "initializer_bytes": _initializer_bytes(data),
+            "per_engine_deltas": deltas}
 
 
-def _measure_memory_forked(engines: list[dict], threads: int) -> list[int]:
-    out = []
+def _measure_memory_forked(engines: list[dict], threads: int) -> list[dict | None]:
+    out: list[dict | None] = []
     for e in engines:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: measure, report, exit without running the parent's cleanup
             os.close(r)
             try:
-                value = _memory_child(e["path"], e["input_shape"], threads)
+                value = json.dumps(_memory_child(e["path"], e["input_shape"], e["output_shape"], threads))
             except Exception:
-                value = -1
-            os.write(w, str(value).encode())
+                value = ""
+            os.write(w, value.encode())
             os._exit(0)
         os.close(w)
         with os.fdopen(r) as f:
             text = f.read()
         os.waitpid(pid, 0)
-        out.append(int(text) if text else -1)
+        out.append(json.loads(text) if text else None)
     return out
 
 
@@ -138,7 +188,12 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
 
 def _serve() -> None:
     """Probe entry point: a JSON job on stdin, a JSON result on stdout."""
-    import onnxruntime  # noqa: F401  (imported before forking; no session or thread exists yet)
+    # imported once before forking (no ORT session or thread exists yet), so children do not pay for it
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    import legocompile.backends.onnxrt  # noqa: F401
+    import legocompile.runtime.executor  # noqa: F401
 
     job = json.load(sys.stdin)
     engines = job["engines"]
@@ -147,7 +202,8 @@ def _serve() -> None:
     from legocompile.backends.onnxrt import OnnxRuntimeBackend, configure_threads
 
     configure_threads(job["threads"])
-    result = {"memory_bytes": memory, "threads": job["threads"]}
+    result = {"memory_bytes": [-1 if m is None else m["memory_bytes"] for m in memory],
+              "memory_detail": memory, "memory_method": MEMORY_METHOD, "threads": job["threads"]}
     if job["latency"]:
         result.update(_latency_in_context(OnnxRuntimeBackend(), engines, job))
     json.dump(result, sys.stdout)
