@@ -10,7 +10,12 @@ with a measured :class:`Cost`. A selection picks exactly one option per block. I
 
 A selection fits a :class:`Budget` when ``latency_ms <= budget.latency_ms`` and
 ``memory_bytes <= budget.memory_bytes`` (a ``None`` budget is unbounded). The optimum is the fitting selection
-with the smallest ``accuracy_drop``; ties are broken by lower latency, then lower memory.
+with the smallest ``accuracy_drop``; ties are broken by lower latency, then lower memory, then by the
+lexicographically smallest ``choice`` (the option indices in block order). That is, the optimum is the fitting
+selection with the least key ``(accuracy_drop, latency_ms, memory_bytes, choice)``, the totals as defined above
+(so two selections tie on drop when their ``math.fsum`` totals are the same float, e.g. 1/360 + 2/360 and
+3/360 + 0 as stored in floats, even if their exact sums differ in the last bits). The order is total, so the
+optimum is unique.
 """
 
 from __future__ import annotations

@@ -1,56 +1,65 @@
 """Exact in-process solver for the block-selection problem (a two-constraint multiple-choice knapsack).
 
 Why hand-written: the same problem stated for pulp (:mod:`legocompile.optimize.pulp_model`) is solved by CBC,
-which costs tens of milliseconds per call (more on 20 x 30 tables) plus a solver process spawn and temporary
-files. :func:`solve` runs on the runtime switching path (``rt.select(latency_ms=...)``), where it must answer in
-a few milliseconds, allocate little and need no subprocess. The instances are small (<= ~20 blocks x ~30
-options), so an exact depth-first branch and bound in pure Python with LP-relaxation bounds answers in about a
-millisecond (see ``benchmarks/bench_optimizer.py``); pulp stays as the reference formulation that the tests check
-this solver against.
+which costs tens of milliseconds per call plus a solver process spawn and temporary files. :func:`solve` runs on
+the runtime switching path (``rt.select(latency_ms=...)``), where it must answer in about a millisecond, allocate
+little and need no subprocess. pulp stays as the reference formulation that the tests check this solver against.
 
-Exactness: no discretization. Totals are compared exactly as defined in :mod:`legocompile.optimize.problem`
-(``math.fsum`` of the chosen latencies / drops, exact integer sum of memory). The bounds are computed with
-incremental float sums; they are padded by a tolerance orders of magnitude above their worst-case rounding error
-(and by none where every sum is exact, e.g. drops in steps of 0.25), so they only ever prune branches that
-cannot hold a better selection, and every candidate is re-checked exactly at the leaf. Ties in accuracy drop are
-broken by lower latency, then lower memory (then by search order, which is deterministic).
+**The order** (see :mod:`legocompile.optimize.problem`): the least ``accuracy_drop``, then the least
+``latency_ms``, then the least ``memory_bytes`` (drops and latencies compared as their ``math.fsum`` totals, i.e.
+correctly rounded), then the lexicographically smallest ``choice`` (option indices in block order).
 
-Algorithm:
+**Exact arithmetic.** Every drop and latency is a binary float, so scaling all drops (all latencies) by one power
+of two makes them exact integers (Python ints; memory already is one). All sums, bounds and pruning decisions are
+exact integer arithmetic; no tolerance anywhere. The rounded total of a sum ``v`` is ``v / scale`` (Python's
+int / int division is correctly rounded, so it equals ``math.fsum`` of the floats). Since rounding is monotone,
+"the rounded drop can equal the incumbent's" is the exact test ``v >= lo`` and "can be no larger" is ``v <= hi``,
+where ``[lo, hi]`` is the band of integers that round to the incumbent's value (:func:`_band`); a latency bound
+``L`` is the integer limit ``v <= _limit(L)``.
 
-1. Per block, drop dominated options (another option no worse in drop, latency and memory, better in one;
-   among identical options the lowest index is kept). Done once per cost table (:class:`PreparedCosts`).
-2. Quick answers: a budget below the smallest achievable latency or memory raises
-   :class:`~legocompile.optimize.problem.InfeasibleBudgetError`; a bound no selection can exceed is dropped; if the
-   unconstrained optimum (best option per block) fits, it is the answer.
-3. Lagrangian multipliers ``(lam, mu)`` of the LP relaxation. One bound: the exact 1-D dual, by the greedy walk
-   over each block's lower convex hull (:func:`_walk`). Both bounds: first, if even the LP relaxation of "least
-   memory within the latency bound" exceeds the memory bound, nothing fits; else ``mu`` maximizes the concave
-   ``h(mu) = max_lam L(lam, mu)`` by 1-D cutting planes, each ``h`` being one walk. Every walk also yields an
-   integral selection; those that fit the budget seed the incumbent (the greedy solution).
-4. Depth-first branch and bound over the blocks (widest spread of reduced cost first), options in increasing
-   reduced cost ``drop + lam * latency + mu * memory``. For the blocks not yet assigned (a suffix of the search
-   order) suffix minima and suffix LP relaxations are precomputed, the latter for any capacity left (a binary
-   search per node, :func:`_suffix_lp`). A branch is pruned when
+**Algorithm: depth-first branch and bound with exact 2-D bounds precomputed per suffix of blocks in
+:func:`prepare`.** The blocks are searched in a fixed order (those whose options differ most first). For the blocks
+``j..n-1`` not yet assigned, ``prepare`` builds Pareto *staircases* of the suffix's sums (:func:`_staircases`, the
+Nemhauser-Ullmann merge, one block at a time): the sets of non-dominated ``(x, y)`` totals, for the pairs
 
-   * partial latency + least remaining latency > L, likewise memory;
-   * partial memory + the LP least memory of the rest within the latency left > M (catches selections that
-     fit each bound alone but not both);
-   * partial drop + least remaining drop > best drop;
-   * the Lagrangian bound ``sum(reduced costs) + least remaining reduced costs - lam * L - mu * M`` > best drop
-     (options come in increasing reduced cost, so the first option that fails it ends the block's loop);
-   * the LP bound over the latency left (costs ``drop + mu * memory``) or over the memory left (costs
-     ``drop + lam * latency``) > best drop;
-   * (ties) no completion can have a smaller drop and every completion is slower than the incumbent.
+* ``(latency, drop)``, ``(memory, drop)``, ``(latency, memory)``: each answers, by one binary search, exactly "the
+  least ``y`` of any completion with ``x <= r``" and "the least ``x`` with ``y <= r``";
+* joint bounds, for a few ratios (powers of two around the table's own span ratios): surrogate
+  ``(c*latency + e*memory, drop)`` and Lagrangian ``(memory, a*drop + b*latency)``, ``(latency, a*drop +
+  b*memory)`` (a completion within both budgets has ``a*drop >= K(memory left) - b*latency left``);
+* a "lexicographic" ``(memory, a*drop + b*latency)`` whose drop steps outweigh any latency: the latency bound
+  among the completions that tie on drop under a memory budget.
+
+At a node (a prefix of choices), for each option of the next block, the search computes from the staircases:
+whether any completion fits both budgets (exact, from ``(latency, memory)``), a lower bound on the total drop
+(the largest of the staircase bounds), and where that bound cannot beat the incumbent's rounded drop, lower
+bounds on latency and then memory among the completions that could tie it; an option is pruned as soon as it
+cannot beat the incumbent in the order above (on a complete tie in drop, latency and memory: when the smallest
+choice it can lead to is not smaller than the incumbent's). Surviving options are searched most promising first
+(least drop bound, then least latency bound). The single-budget bounds are exact for their own pair, so a
+latency-only or memory-only query, and any query with all drops equal, is answered by one descent plus the
+sibling checks (``n`` levels x options bound evaluations); the joint bounds keep queries with both budgets
+close to that on most tables (see ``benchmarks/bench_optimizer.py`` for the measured worst cases). The
+previous solver pruned on drop alone (LP bounds), so tables whose drops tie (all zero on a saturated model, or
+multiples of 1/N_eval) explored whole subtrees of equal drop: 100-460 ms for 8 x 6, over 30 s for 12 x 8.
+
+Per block, options that can never be the answer are dropped once (:func:`_filter`): another option no worse in
+drop, latency and memory, and strictly less memory or a smaller index.
+
+**Porting** (e.g. to C++): the staircases are plain sorted integer arrays (per suffix: ``xs`` ascending, ``ys``
+descending, with ``-ys`` kept for the reverse search), built once per table; the search is a recursive loop with
+``upper_bound``/``lower_bound`` look-ups. Exact sums need integers wider than 64 bits when the scaled values do:
+use ``__int128`` where ``scale * max |value| * blocks`` fits (check at prepare time; it does for any realistic
+table), else a multi-word integer. ``_band`` and ``_limit`` need one exact comparison of an integer ratio with
+a double's neighbours (e.g. compare ``v`` against ``(2*r_num*scale ± ulp)/(2*r_den)`` in integers).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from bisect import bisect_left
-from itertools import accumulate
-from collections.abc import Iterable, Sequence
-from operator import itemgetter
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from fractions import Fraction
 
 from legocompile.optimize.problem import (
     Budget,
@@ -63,172 +72,130 @@ from legocompile.optimize.problem import (
 __all__ = ["PreparedCosts", "prepare", "solve"]
 
 _INF = math.inf
-# Relative padding of the pruning bounds: 8 * (options + 8) float epsilons of the magnitudes involved, far above
-# the rounding error of the bounds' float sums (at most ~options epsilons) and far below any meaningful difference.
-_EPS = sys.float_info.epsilon
+# Powers of four around the table's own trade-off ratio used for the Lagrangian staircases (0: just the ratio).
+_RATIO_STEPS = (-2, 0, 2)
 
-# An option after dominance filtering: (accuracy_drop, latency_ms, memory_bytes, index in its block).
-_Option = tuple[float, float, int, int]
+# An option: (drop, latency, memory, index in its block), drop and latency as scaled integers.
+_Option = tuple[int, int, int, int]
+# Staircases of every suffix j (index j; index 0 is not built): xs ascending, ys descending, -ys ascending.
+_Stairs = tuple[list[list[int]], list[list[int]], list[list[int]]]
 
 
-def _pareto_options(block: Sequence[Cost]) -> list[_Option]:
-    """Returns the non-dominated options of one block, sorted by (drop, latency, memory, index)."""
-    options = sorted((c.accuracy_drop, c.latency_ms, c.memory_bytes, o) for o, c in enumerate(block))
+def _scale(values: Sequence[float]) -> int:
+    """The smallest power of two that makes every value an integer (all floats are dyadic rationals)."""
+    scale = 1
+    for value in values:
+        den = value.as_integer_ratio()[1]
+        if den > scale:
+            scale = den
+    return scale
+
+
+def _to_int(value: float, scale: int) -> int:
+    num, den = value.as_integer_ratio()
+    return num * (scale // den)
+
+
+def _filter(options: list[_Option]) -> list[_Option]:
+    """Drops the options of one block that can never be the answer; the rest sorted by (drop, latency, memory).
+
+    Option ``o`` goes when another ``k`` is no worse in drop, latency and memory and either needs strictly less
+    memory (then swapping ``o`` for ``k`` gives a strictly smaller key) or has a smaller index (then it gives a
+    key no larger, and a smaller choice). An ``o`` that only loses on drop or latency to an option with a larger
+    index stays: rounding can make the totals tie, and then ``o``'s smaller index wins.
+    """
     kept: list[_Option] = []
-    for option in options:
-        _, latency, memory, _ = option
-        # Every kept option has a drop <= this one (sort order); it dominates (or equals, with a lower index)
-        # this one when it is also no worse in latency and memory.
-        for _, kept_latency, kept_memory, _ in kept:
-            if kept_latency <= latency and kept_memory <= memory:
+    for option in sorted(options):
+        _, latency, memory, index = option
+        for _, k_latency, k_memory, k_index in kept:  # every kept option has a drop <= this one (sort order)
+            if k_latency <= latency and k_memory <= memory and (k_memory < memory or k_index < index):
                 break
         else:
             kept.append(option)
     return kept
 
 
-# A step down a block's lower convex hull: (cost per unit of w saved, block, step, w saved, c added, target option).
-_Segment = tuple[float, int, int, float, float, int]
-# A block's lower convex hull: (c of the start option, w of the start option, start option, segments).
-_Hull = tuple[float, float, int, list[_Segment]]
+def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The non-dominated points (least ``y`` for each ``x``), sorted by ``x`` ascending, ``y`` descending."""
+    front: list[tuple[int, int]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
 
 
-def _hull(block_id: int, points: Iterable[tuple[float, float]]) -> _Hull:
-    """Returns the walk down one block's lower convex hull in (w, c), for the LP relaxation.
+def _staircases(blocks: list[list[tuple[int, int]]]) -> _Stairs:
+    """The Pareto staircases of the suffix sums of ``(x, y)`` (one point per option), for suffixes 1..n-1.
 
-    Args:
-        block_id: Block identifier stored in the segments (keeps each block's steps in order when sorted).
-        points: ``(c, w)`` for each option, in option order.
-
-    Returns:
-        ``(c, w, start, segments)``: the option with the least ``c`` (least ``w`` among those) and its ``c`` and
-        ``w``, and the steps from it to the least-``w`` end of the hull, each trading ``w`` saved for ``c`` added
-        at a non-decreasing rate.
+    Staircase ``j`` holds the non-dominated ``(sum x, sum y)`` over one option from each block ``j..n-1``; index
+    ``n`` is the empty suffix ``(0, 0)`` and index 0 (the whole table, never needed) is not built. Built from the
+    back, each as the Pareto set of the previous one shifted by every point of the block. Points are packed into
+    one integer ``x << shift | y`` (with per-block offsets that keep both non-negative), so the merge is one
+    integer sort and one scan.
     """
-    hull: list[tuple[float, float, int]] = []
-    for w3, c3, i in sorted((w, c, i) for i, (c, w) in enumerate(points)):
-        # Increasing w: keep strictly decreasing c, then only the lower convex hull.
-        if hull and c3 >= hull[-1][1]:
-            continue
-        while len(hull) >= 2:
-            w1, c1, _ = hull[-2]
-            w2, c2, _ = hull[-1]
-            if (w2 - w1) * (c3 - c1) - (c2 - c1) * (w3 - w1) > 0:
-                break
-            hull.pop()
-        hull.append((w3, c3, i))
-    segments: list[_Segment] = []
-    rate_floor = 0.0
-    w_from, c_from, _ = hull[-1]
-    for step in range(len(hull) - 1):
-        w_to, c_to, target = hull[-2 - step]
-        # Rounding can make the rates of a hull slightly non-monotone: keep each block's steps in hull order.
-        rate_floor = max(rate_floor, (c_to - c_from) / (w_from - w_to))
-        segments.append((rate_floor, block_id, step, w_from - w_to, c_to - c_from, target))
-        w_from, c_from = w_to, c_to
-    w_start, c_start, start = hull[-1]
-    return c_start, w_start, start, segments
+    n = len(blocks)
+    blocks = [_pareto(block) for block in blocks]
+    min_x = [block[0][0] for block in blocks]
+    min_y = [block[-1][1] for block in blocks]
+    span = sum(block[0][1] - low for block, low in zip(blocks, min_y))
+    shift = span.bit_length() + 1
+    mask = (1 << shift) - 1
+    xs: list[list[int]] = [[]] * (n + 1)
+    ys: list[list[int]] = [[]] * (n + 1)
+    neg_ys: list[list[int]] = [[]] * (n + 1)
+    xs[n], ys[n], neg_ys[n] = [0], [0], [0]
+    packed = [0]
+    base_x = base_y = 0
+    for j in range(n - 1, 0, -1):
+        low_x, low_y = min_x[j], min_y[j]
+        candidates: list[int] = []
+        for x, y in blocks[j]:
+            offset = ((x - low_x) << shift) | (y - low_y)
+            candidates += [v + offset for v in packed]
+        candidates.sort()
+        packed = []
+        best = mask + 1
+        for v in candidates:
+            y = v & mask
+            if y < best:
+                packed.append(v)
+                best = y
+        base_x += low_x
+        base_y += low_y
+        xs[j] = [(v >> shift) + base_x for v in packed]
+        ys[j] = [(v & mask) + base_y for v in packed]
+        neg_ys[j] = [-y for y in ys[j]]
+    return xs, ys, neg_ys
 
 
-class _Walk:
-    """The optimum of the 1-D Lagrangian dual ``max_t sum_b min_o (c + t w) - t * capacity`` (see :func:`_walk`)."""
-
-    __slots__ = ("multiplier", "selection", "value", "other_lp")
-
-    def __init__(self, multiplier: float, selection: list[int], value: float, other_lp: float) -> None:
-        self.multiplier = multiplier  # the dual-optimal t >= 0
-        self.selection = selection  # an integral selection (option per block) that fits, minimizing c + t w
-        self.value = value  # the dual optimum = the LP relaxation's optimum
-        self.other_lp = other_lp  # sum of a third attribute at the LP optimum (a fractional selection)
-
-
-def _walk(hulls: list[_Hull], capacity: float, other: list[list[float]] | None = None) -> _Walk:
-    """Solves the LP relaxation of ``min sum c s.t. sum w <= capacity``, one option per block.
-
-    Greedy (Sinha & Zoltners): start from every block's least-``c`` option and walk down the blocks' lower convex
-    hulls, globally in order of increasing ``c`` added per ``w`` saved, until the total fits; the rate of the last
-    step is the optimal multiplier. The caller guarantees that the least-``w`` selection fits.
-
-    Args:
-        hulls: ``_hull(b, points of block b)`` for every block ``b``.
-        capacity: The bound on ``sum w``.
-        other: ``other[b][i]``, a third attribute of option ``i`` of block ``b`` whose total at the LP optimum
-            (a fractional selection) is reported.
-    """
-    selection = [h[2] for h in hulls]
-    total_c = math.fsum(h[0] for h in hulls)
-    total_w = math.fsum(h[1] for h in hulls)
-    segments = sorted([segment for h in hulls for segment in h[3]])
-    multiplier = 0.0
-    crossing = None
-    for segment in segments:
-        if total_w <= capacity:
-            break
-        multiplier, b, _, saved_w, added_c, target = segment
-        crossing = (b, selection[b], target, saved_w)
-        total_w -= saved_w
-        total_c += added_c
-        selection[b] = target
-    value = total_c + multiplier * (total_w - capacity)
-    other_lp = 0.0
-    if other is not None:
-        other_lp = math.fsum(other[b][i] for b, i in enumerate(selection))
-        if crossing is not None and total_w < capacity:
-            b, previous, target, saved_w = crossing
-            other_lp += (capacity - total_w) / saved_w * (other[b][previous] - other[b][target])
-    return _Walk(multiplier, selection, value, other_lp)
+def _band(value: float, scale: int) -> tuple[int, int]:
+    """The integers ``v`` with ``v / scale == value`` (correctly rounded): ``(lo, hi)``; ``value`` is one of them."""
+    exact = Fraction(value)
+    lo = math.ceil((Fraction(math.nextafter(value, -_INF)) + exact) * scale / 2)
+    if lo / scale != value:
+        lo += 1  # the midpoint rounds away from value (ties to even)
+    hi = math.floor((Fraction(math.nextafter(value, _INF)) + exact) * scale / 2)
+    if hi / scale != value:
+        hi -= 1
+    return lo, hi
 
 
-def _sums_exactly(values: list[list[float]]) -> bool:
-    """Whether every sum of one value per block (and every partial sum) is exact in floating point.
-
-    True when all values are multiples of a common power of two small enough that the largest possible sum
-    stays below 2**53 units (e.g. drops in steps of 0.25, or all zero). Then bounds need no rounding slack, which
-    lets exact ties be told apart (tie-breaking prunes).
-    """
-    ratios = [[value.as_integer_ratio() for value in block] for block in values]
-    unit = max(den for block in ratios for _, den in block)  # the denominators are powers of two
-    total = sum(max(abs(num) * (unit // den) for num, den in block) for block in ratios)
-    return total < 2**53
+def _limit(value: float, scale: int) -> int:
+    """The largest integer ``v`` with ``v / scale <= value`` (correctly rounded)."""
+    hi = math.floor((Fraction(math.nextafter(value, _INF)) + Fraction(value)) * scale / 2)
+    while hi / scale > value:
+        hi -= 1
+    return hi
 
 
-_LP = tuple[list[float], list[float], list[list[float]], list[list[float]], list[list[float]], float]
-_SAVED = itemgetter(3)
-_ADDED = itemgetter(4)
-_RATE = itemgetter(0)
-_FIRST = itemgetter(0)
-
-
-def _suffix_lp(hulls: list[_Hull]) -> _LP:
-    """Precomputes the LP relaxation of every suffix of blocks ``k..n-1`` (in the given order) for any capacity.
-
-    For suffix ``k`` and capacity ``R``, with ``need = w0[k] - R``: if ``need <= 0`` the LP optimum is
-    ``c0[k]``; else with ``j = bisect_left(saved[k], need)`` (no ``j`` past the end: infeasible), it is
-    ``c0[k] + added[k][j-1] + (need - saved[k][j-1]) * rates[k][j-1]``.
-
-    Returns:
-        ``(c0, w0, saved, added, rates, max_rate)``.
-    """
-    n = len(hulls)
-    c0 = [0.0] * (n + 1)
-    w0 = [0.0] * (n + 1)
-    saved: list[list[float]] = [[0.0]] * (n + 1)
-    added: list[list[float]] = [[0.0]] * (n + 1)
-    rates: list[list[float]] = [[]] * (n + 1)
-    merged: list[_Segment] = []
-    for k in range(n - 1, -1, -1):
-        c, w, _, segments = hulls[k]
-        c0[k] = c0[k + 1] + c
-        w0[k] = w0[k + 1] + w
-        merged = sorted(merged + segments)
-        saved[k] = list(accumulate(map(_SAVED, merged), initial=0.0))
-        added[k] = list(accumulate(map(_ADDED, merged), initial=0.0))
-        rates[k] = list(map(_RATE, merged))
-    return c0, w0, saved, added, rates, (max(rates[0]) if rates[0] else 0.0)
+def _ratio(numerator: int, denominator: int, step: int) -> tuple[int, int]:
+    """``(a, b)`` powers of two with ``b / a`` the power of two nearest ``numerator / denominator``, times 2**step."""
+    e = round(math.log2(numerator) - math.log2(denominator)) + step
+    return (1, 1 << e) if e >= 0 else (1 << -e, 1)
 
 
 class PreparedCosts:
-    """A cost table prepared for repeated :meth:`solve` calls (dominance filtering and block statistics done once).
+    """A cost table prepared for repeated :meth:`solve` calls (the staircases of every suffix built once).
 
     Prepare once per profile and call :meth:`solve` on each budget change; :func:`solve` accepts either a raw
     cost table or a :class:`PreparedCosts`.
@@ -237,24 +204,30 @@ class PreparedCosts:
         costs: The cost table, ``costs[b][o]``.
         min_latency_ms: The smallest achievable total latency (memory ignored).
         min_memory_bytes: The smallest achievable total memory (latency ignored).
-        max_latency_ms: The largest total latency of a selection of non-dominated options.
-        max_memory_bytes: The largest total memory of a selection of non-dominated options.
+        max_latency_ms: The largest total latency of a selection of the options that can be chosen (a latency
+            bound at or above it constrains nothing).
+        max_memory_bytes: Likewise for memory.
         unconstrained: The optimum without any budget.
     """
 
     __slots__ = (
         "costs",
-        "_blocks",
-        "_hulls",
         "min_latency_ms",
         "min_memory_bytes",
         "max_latency_ms",
         "max_memory_bytes",
         "unconstrained",
-        "_scale_drop",
-        "_exact_drop",
-        "_exact_latency",
-        "_tol_factor",
+        "_drop_scale",
+        "_latency_scale",
+        "_order",
+        "_first_index",
+        "_blocks",
+        "_suffix_min",
+        "_dt",
+        "_dm",
+        "_tm",
+        "_lex",
+        "_joint",
     )
 
     def __init__(self, costs: Sequence[Sequence[Cost]]) -> None:
@@ -265,38 +238,77 @@ class PreparedCosts:
         """
         validate_costs(costs)
         self.costs = tuple(tuple(block) for block in costs)
-        blocks = [_pareto_options(block) for block in self.costs]
-        self._blocks = blocks
-        self._hulls: dict[str, list[_Hull]] = {}  # budget-independent hulls, built on first use
-        self.min_latency_ms = math.fsum(min(o[1] for o in block) for block in blocks)
-        self.min_memory_bytes = sum(min(o[2] for o in block) for block in blocks)
-        self.max_latency_ms = math.fsum(max(o[1] for o in block) for block in blocks)
-        self.max_memory_bytes = sum(max(o[2] for o in block) for block in blocks)
-        first = [block[0] for block in blocks]  # least (drop, latency, memory, index) per block
-        self.unconstrained = Solution(
-            choice=tuple(o[3] for o in first),
-            latency_ms=math.fsum(o[1] for o in first),
-            memory_bytes=sum(o[2] for o in first),
-            accuracy_drop=math.fsum(o[0] for o in first),
+        sd = self._drop_scale = _scale([c.accuracy_drop for block in self.costs for c in block])
+        st = self._latency_scale = _scale([c.latency_ms for block in self.costs for c in block])
+        filtered = [
+            _filter([(_to_int(c.accuracy_drop, sd), _to_int(c.latency_ms, st), c.memory_bytes, o)
+                     for o, c in enumerate(block)])
+            for block in self.costs
+        ]
+        n = len(filtered)
+        self.min_latency_ms = math.fsum(min(c.latency_ms for c in block) for block in self.costs)
+        self.min_memory_bytes = sum(min(c.memory_bytes for c in block) for block in self.costs)
+        self.max_latency_ms = math.fsum(
+            max(self.costs[b][o[3]].latency_ms for o in block) for b, block in enumerate(filtered)
         )
-        self._scale_drop = math.fsum(max(abs(o[0]) for o in block) for block in blocks)
-        self._tol_factor = 8 * (sum(len(block) for block in blocks) + 8) * _EPS
-        self._exact_drop = _sums_exactly([[o[0] for o in block] for block in blocks])
-        self._exact_latency = _sums_exactly([[o[1] for o in block] for block in blocks])
+        self.max_memory_bytes = sum(max(o[2] for o in block) for block in filtered)
+        self._first_index = tuple(min(o[3] for o in block) for block in filtered)
 
-    def _cached_hulls(self, kind: str) -> list[_Hull]:
-        """Per-block hulls that do not depend on the budget: (c, w) = (drop, latency), (drop, memory) or
-        (memory, latency) for ``kind`` = "latency", "memory" or "least_memory"."""
-        hulls = self._hulls.get(kind)
-        if hulls is None:
-            if kind == "latency":
-                hulls = [_hull(b, [(o[0], o[1]) for o in block]) for b, block in enumerate(self._blocks)]
-            elif kind == "memory":
-                hulls = [_hull(b, [(o[0], float(o[2])) for o in block]) for b, block in enumerate(self._blocks)]
-            else:
-                hulls = [_hull(b, [(float(o[2]), o[1]) for o in block]) for b, block in enumerate(self._blocks)]
-            self._hulls[kind] = hulls
-        return hulls
+        # Search order: the blocks whose options differ most first (ranges relative to the table's), so that the
+        # exact staircases cover the blocks that matter least.
+        ranges = [[max(o[a] for o in block) - min(o[a] for o in block) for a in range(3)] for block in filtered]
+        spans = [sum(r[a] for r in ranges) for a in range(3)]
+
+        def spread(b: int) -> float:
+            return sum(ranges[b][a] / spans[a] for a in range(3) if spans[a] > 0)
+
+        order = self._order = tuple(sorted(range(n), key=lambda b: (-spread(b), b)))
+        blocks = self._blocks = [filtered[b] for b in order]
+
+        suffix_min = [[0] * (n + 1) for _ in range(3)]  # least drop, latency, memory of each suffix
+        for j in range(n - 1, -1, -1):
+            for a in range(3):
+                suffix_min[a][j] = suffix_min[a][j + 1] + min(o[a] for o in blocks[j])
+        self._suffix_min = suffix_min
+
+        def stairs(x, y) -> _Stairs:
+            return _staircases([[(x(o), y(o)) for o in block] for block in blocks])
+
+        self._dt = stairs(lambda o: o[1], lambda o: o[0])
+        self._dm = stairs(lambda o: o[2], lambda o: o[0])
+        self._tm = stairs(lambda o: o[1], lambda o: o[2])
+        # Joint drop bounds (only of use when drops differ): (x_t, x_m, s_t, s_m, a, xs, ys) states that every
+        # completion within latency r_t and memory r_m has a * drop >= ys[bisect(xs, x_t*r_t + x_m*r_m)] -
+        # (s_t*r_t + s_m*r_m). Surrogate: x = c*latency + e*memory, y = drop. Lagrangian: x = memory,
+        # y = a*drop + b*latency; and x = latency, y = a*drop + b*memory.
+        self._joint: list[tuple[int, int, int, int, int, list[list[int]], list[list[int]]]] = []
+        self._lex: tuple[int, int, list[list[int]], list[list[int]]] | None = None
+        if n > 1 and spans[0] > 0:
+            if spans[1] > 0 and spans[2] > 0:
+                for step in _RATIO_STEPS:
+                    c, e = _ratio(spans[1], spans[2], step)  # e / c ~ latency span / memory span
+                    xs, ys, _ = stairs(lambda o, c=c, e=e: c * o[1] + e * o[2], lambda o: o[0])
+                    self._joint.append((c, e, 0, 0, 1, xs, ys))
+            if spans[1] > 0:
+                for step in _RATIO_STEPS:
+                    a, b = _ratio(spans[0], spans[1], step)
+                    xs, ys, _ = stairs(lambda o: o[2], lambda o, a=a, b=b: a * o[0] + b * o[1])
+                    self._joint.append((0, 1, b, 0, a, xs, ys))
+                # Lexicographic: a drop step (the least gap between two drops of a block) outweighs any latency
+                # span, so that among completions that tie on drop this bounds the latency.
+                gap = min(abs(p[0] - q[0]) for block in blocks for p in block for q in block if p[0] != q[0])
+                a, b = _ratio(gap, 4 * spans[1], -1)
+                xs, ys, _ = stairs(lambda o: o[2], lambda o: a * o[0] + b * o[1])
+                self._lex = (a, b, xs, ys)
+            if spans[2] > 0:
+                for step in _RATIO_STEPS:
+                    a, b = _ratio(spans[0], spans[2], step)
+                    xs, ys, _ = stairs(lambda o: o[1], lambda o, a=a, b=b: a * o[0] + b * o[2])
+                    self._joint.append((1, 0, 0, b, a, xs, ys))
+
+        unconstrained = self._search(None, None)
+        assert unconstrained is not None
+        self.unconstrained = unconstrained
 
     @property
     def num_blocks(self) -> int:
@@ -325,10 +337,10 @@ class PreparedCosts:
             InfeasibleBudgetError: No selection fits the bounds.
         """
         if (latency_ms is not None and not self.min_latency_ms <= latency_ms) or (
-            memory_bytes is not None and self.min_memory_bytes > memory_bytes
+            memory_bytes is not None and not self.min_memory_bytes <= memory_bytes
         ):
             raise self._infeasible(latency_ms, memory_bytes, budget)
-        # A bound that no selection of non-dominated options can exceed changes nothing.
+        # A bound that no selection of the remaining options can exceed changes nothing.
         if latency_ms is not None and latency_ms >= self.max_latency_ms:
             latency_ms = None
         if memory_bytes is not None and memory_bytes >= self.max_memory_bytes:
@@ -338,7 +350,7 @@ class PreparedCosts:
             memory_bytes is None or best.memory_bytes <= memory_bytes
         ):
             return best
-        result = self._branch_and_bound(latency_ms, memory_bytes)
+        result = self._search(latency_ms, memory_bytes)
         if result is None:
             raise self._infeasible(latency_ms, memory_bytes, budget)
         return result
@@ -350,301 +362,154 @@ class PreparedCosts:
             budget = _unvalidated_budget(latency_ms, memory_bytes)
         return InfeasibleBudgetError(budget, self.min_latency_ms, self.min_memory_bytes)
 
-    def _multipliers(
-        self, lat_cap: float | None, mem_cap: int | None
-    ) -> tuple[float, float, list[list[int]]] | None:
-        """Returns LP-dual multipliers ``(lam, mu)`` for the bounds, and the integral selections met on the way.
-
-        Returns None when not even the LP relaxation fits both bounds (then no selection fits).
-
-        One bound: the exact 1-D dual (:func:`_walk`). Both: maximize ``h(mu) = max_lam L(lam, mu)`` (concave)
-        by 1-D cutting planes on ``mu``; each ``h`` evaluation is a walk over latency with costs
-        ``drop + mu * memory``, whose LP optimum also gives the supergradient ``memory_LP - M``.
-        """
+    def _search(self, latency_ms: float | None, memory_bytes: float | None) -> Solution | None:
+        """The branch and bound (see the module docstring); None when nothing fits."""
         blocks = self._blocks
-        if mem_cap is None:
-            walk = _walk(self._cached_hulls("latency"), lat_cap)
-            return walk.multiplier, 0.0, [walk.selection]
-        mem_walk = _walk(self._cached_hulls("memory"), mem_cap)
-        if lat_cap is None:
-            return 0.0, mem_walk.multiplier, [mem_walk.selection]
-
-        selections = [mem_walk.selection]
-        memory = [[float(o[2]) for o in block] for block in blocks]
-        # The least memory within the latency bound, LP-relaxed: above the memory bound, nothing fits.
-        least = _walk(self._cached_hulls("least_memory"), lat_cap)
-        selections.append(least.selection)
-        if least.value > mem_cap + self._tol_factor * 4 * (self.max_memory_bytes + mem_cap):
-            return None
-
-        def h(mu: float) -> tuple[float, float, float]:
-            if mu == 0.0:
-                hulls = self._cached_hulls("latency")
-            else:
-                hulls = [_hull(b, [(o[0] + mu * o[2], o[1]) for o in block]) for b, block in enumerate(blocks)]
-            walk = _walk(hulls, lat_cap, memory)
-            selections.append(walk.selection)
-            return walk.value - mu * mem_cap, walk.other_lp - mem_cap, walk.multiplier
-
-        h_a, s_a, lam_a = h(0.0)
-        best = (h_a, lam_a, 0.0)
-        if s_a <= 0:  # memory does not bind the LP relaxation
-            return lam_a, 0.0, selections
-        mu_a = 0.0
-        mu_b = mem_walk.multiplier
-        if mu_b <= 0.0:
-            mu_b = (self._scale_drop + 1.0) / max(self.max_memory_bytes, 1)
-        for _ in range(64):
-            h_b, s_b, lam_b = h(mu_b)
-            best = max(best, (h_b, lam_b, mu_b))
-            if s_b <= 0:
-                break
-            mu_a, h_a, s_a = mu_b, h_b, s_b
-            mu_b *= 4.0
-        if s_b < 0:
-            scale = abs(best[0]) + self._scale_drop + 1.0
-            for _ in range(12):
-                # The tangents at mu_a (rising) and mu_b (falling) bound h from above; evaluate where they meet.
-                mu_c = (h_b - h_a + s_a * mu_a - s_b * mu_b) / (s_a - s_b)
-                upper = h_a + s_a * (mu_c - mu_a)
-                if not mu_a < mu_c < mu_b:
-                    mu_c = 0.5 * (mu_a + mu_b)
-                if upper - best[0] <= 1e-9 * scale:
-                    break
-                h_c, s_c, lam_c = h(mu_c)
-                best = max(best, (h_c, lam_c, mu_c))
-                if s_c > 0:
-                    mu_a, h_a, s_a = mu_c, h_c, s_c
-                elif s_c < 0:
-                    mu_b, h_b, s_b = mu_c, h_c, s_c
-                else:
-                    break
-        _, lam, mu = best
-        return lam, mu, selections
-
-    def _branch_and_bound(self, lat_cap: float | None, mem_cap: int | None) -> Solution | None:
-        blocks = self._blocks
+        order = self._order
         n = len(blocks)
-        tol = self._tol_factor
-        fsum = math.fsum
-        has_lat = lat_cap is not None
-        has_mem = mem_cap is not None
-        cap_l = lat_cap if has_lat else 0.0
-        cap_m = mem_cap if has_mem else 0
-
-        # --- Multipliers and incumbent -------------------------------------------------------------------------
-        multipliers = self._multipliers(lat_cap, mem_cap)
-        if multipliers is None:
-            return None
-        lam, mu, selections = multipliers
-        best_key = (_INF, _INF, _INF)
-        best_choice: list[int] | None = None
-        for sel in selections:
-            chosen = [blocks[b][i] for b, i in enumerate(sel)]
-            lat = fsum(o[1] for o in chosen)
-            mem = sum(o[2] for o in chosen)
-            if (has_lat and lat > cap_l) or (has_mem and mem > cap_m):
-                continue
-            key = (fsum(o[0] for o in chosen), lat, mem)
-            if key < best_key:
-                best_key, best_choice = key, [o[3] for o in chosen]
-
-        # --- Search order --------------------------------------------------------------------------------------
-        # Each option becomes (drop, latency, memory, index, reduced cost); blocks with the widest spread of
-        # reduced cost come first, options in increasing reduced cost.
-        table = []
-        for b, block in enumerate(blocks):
-            options = sorted(
-                ((o[0], o[1], o[2], o[3], o[0] + lam * o[1] + mu * o[2]) for o in block),
-                key=lambda x: (x[4], x[1], x[2], x[3]),
-            )
-            table.append((options[0][4] - options[-1][4], b, options))
-        table.sort()
-        order = [b for _, b, _ in table]
-        ordered = [options for _, _, options in table]
-
-        # Suffix minima over the blocks not yet assigned (positions k..n-1 in search order).
-        suf_d = [0.0] * (n + 1)
-        suf_r = [0.0] * (n + 1)
-        suf_l = [0.0] * (n + 1)
-        suf_m = [0] * (n + 1)
-        for k in range(n - 1, -1, -1):
-            options = ordered[k]
-            suf_d[k] = suf_d[k + 1] + min(x[0] for x in options)
-            suf_r[k] = suf_r[k + 1] + options[0][4]
-            suf_l[k] = suf_l[k + 1] + min(x[1] for x in options)
-            suf_m[k] = suf_m[k + 1] + min(x[2] for x in options)
-
-        # LP relaxations of the suffixes, each valid for any capacity left: over latency with costs
-        # drop + mu * memory, over memory with costs drop + lam * latency, and the least memory within the
-        # latency left (this one catches selections that fit each bound alone but not both).
-        if has_lat:
-            if mu == 0.0:
-                hulls = self._cached_hulls("latency")
-                lp_l = _suffix_lp([hulls[b] for b in order])
-            else:
-                lp_l = _suffix_lp([_hull(b, [(o[0] + mu * o[2], o[1]) for o in blocks[b]]) for b in order])
-        if has_mem:
-            if lam == 0.0:
-                hulls = self._cached_hulls("memory")
-                lp_m = _suffix_lp([hulls[b] for b in order])
-            else:
-                lp_m = _suffix_lp([_hull(b, [(o[0] + lam * o[1], float(o[2])) for o in blocks[b]]) for b in order])
-        if has_lat and has_mem:
-            hulls = self._cached_hulls("least_memory")
-            lp_f = _suffix_lp([hulls[b] for b in order])
-
-        scale_d = self._scale_drop
-        scale_l = self.max_latency_ms + cap_l
-        scale_m = float(self.max_memory_bytes + cap_m)
-        tol_d = 0.0 if self._exact_drop else tol * 2 * scale_d
-        tol_r = tol * 2 * (scale_d + lam * scale_l + mu * scale_m)
-        tol_l = 0.0 if self._exact_latency else tol * 2 * scale_l
-        joint = has_lat and has_mem
-        tol_f = tol * 4 * (scale_m + (lp_f[5] * scale_l if joint else 0.0))
-        tol_lp_l = tol * 4 * (scale_d + mu * scale_m + (lp_l[5] * scale_l if has_lat else 0.0))
-        tol_lp_m = tol * 4 * (scale_d + lam * scale_l + (lp_m[5] * scale_m if has_mem else 0.0))
-        const_r = lam * cap_l + mu * cap_m
-        rest_r_all = [s - const_r for s in suf_r]
-        lat_limit = cap_l + tol_l if has_lat else _INF
-        mem_room = [cap_m - s for s in suf_m] if has_mem else [_INF] * (n + 1)
-        const_lp_l = mu * cap_m
-        const_lp_m = lam * cap_l
-
-        # --- Depth-first search ------------------------------------------------------------------------------
-        best_d, best_l, best_m = best_key
-        lim_d = best_d + tol_d
-        lim_r = best_d + tol_r
-        lim_lp_l = best_d + tol_lp_l + const_lp_l
-        lim_lp_m = best_d + tol_lp_m + const_lp_m
-        lim_f = cap_m + tol_f
-        path: list[tuple] = [()] * n
         last = n - 1
-        tol_any = max(tol_d, tol_r, tol_lp_l, tol_lp_m)
+        sd, st = self._drop_scale, self._latency_scale
+        has_l = latency_ms is not None
+        has_m = memory_bytes is not None
+        # Above any total: an absent bound, and the incumbent's bands before there is one (nothing is pruned and
+        # no branch is in a tie zone).
+        huge = 1 << (max(sd, st).bit_length() + self.max_memory_bytes.bit_length() + 2 * n + 64)
+        lim_t = _limit(latency_ms, st) if has_l else huge  # type: ignore[arg-type]
+        lim_m = math.floor(memory_bytes) if has_m else huge  # type: ignore[arg-type]
+        min_d, min_t, min_m = self._suffix_min
+        dt_x, dt_y, dt_ny = self._dt
+        dm_x, dm_y, dm_ny = self._dm
+        tm_x, tm_y, tm_ny = self._tm
+        joint = self._joint if has_l and has_m else []
+        lex = self._lex if has_m else None
+        first_index = self._first_index
 
-        def leaf(mem: int) -> None:
-            nonlocal best_d, best_l, best_m, lim_d, lim_r, lim_lp_l, lim_lp_m, best_choice
-            lat = fsum([x[1] for x in path])
-            if has_lat and lat > cap_l:
+        d_lo = d_hi = t_lo = t_hi = inc_m = huge
+        incumbent: tuple | None = None
+        version = 0  # counts incumbent changes
+        path = [0] * n  # the option index chosen at each search position
+
+        def smallest_choice(k: int, index: int) -> tuple[int, ...]:
+            """The smallest choice (in block order) of a selection extending path[:k] + [index]."""
+            choice = list(first_index)
+            for position in range(k):
+                choice[order[position]] = path[position]
+            choice[order[k]] = index
+            return tuple(choice)
+
+        def bound(j: int, nd: int, nt: int, nm: int, index: int):
+            """Bounds the completions of path[:j-1] + [index], with totals (nd, nt, nm) and blocks j.. left: None
+            when none of them fits the budgets and can beat the incumbent, else (drop bound, latency bound)."""
+            r_t = lim_t - nt
+            r_m = lim_m - nm
+            if r_t < min_t[j] or r_m < min_m[j]:
+                return None
+            # Least drop of a completion within the budgets; cap: the most one may have to tie the incumbent.
+            cap = d_hi - nd
+            lbd = min_d[j]
+            if lbd > cap:
+                return None
+            if has_l:
+                x = dt_y[j][bisect_right(dt_x[j], r_t) - 1]
+                if x > lbd:
+                    if x > cap:
+                        return None
+                    lbd = x
+            if has_m:
+                x = dm_y[j][bisect_right(dm_x[j], r_m) - 1]
+                if x > lbd:
+                    if x > cap:
+                        return None
+                    lbd = x
+                if has_l:
+                    if tm_y[j][bisect_right(tm_x[j], r_t) - 1] > r_m:
+                        return None  # no completion fits both budgets
+                    for x_t, x_m, s_t, s_m, a, xs, ys in joint:
+                        x = -((s_t * r_t + s_m * r_m - ys[j][bisect_right(xs[j], x_t * r_t + x_m * r_m) - 1]) // a)
+                        if x > lbd:
+                            if x > cap:
+                                return None
+                            lbd = x
+            bd = nd + lbd
+            # Least latency of a completion whose drop could tie the incumbent's (before that: reach the bound).
+            tie = bd >= d_lo
+            if not tie:
+                cap = lbd
+            lbt = dt_x[j][bisect_left(dt_ny[j], -cap)]
+            if has_m:
+                x = tm_x[j][bisect_left(tm_ny[j], -r_m)]
+                if x > lbt:
+                    lbt = x
+                if lex is not None:
+                    a, b, xs, ys = lex
+                    x = -((a * cap - ys[j][bisect_right(xs[j], r_m) - 1]) // b)
+                    if x > lbt:
+                        lbt = x
+            bt = nt + lbt
+            if not tie:
+                return bd, bt
+            # The drop cannot beat the incumbent's: latency decides.
+            if bt > t_hi:
+                return None
+            if bt >= t_lo:  # nor can the latency: memory decides, then the choice
+                tau = t_hi - nt
+                if tau > r_t:
+                    tau = r_t
+                lbm = dm_x[j][bisect_left(dm_ny[j], -cap)]
+                x = tm_y[j][bisect_right(tm_x[j], tau) - 1]
+                if x > lbm:
+                    lbm = x
+                bm = nm + lbm
+                if bm > inc_m or (bm == inc_m and smallest_choice(j - 1, index) >= incumbent[3]):
+                    return None
+            return bd, bt
+
+        def leaves(pd: int, pt: int, pm: int) -> None:
+            """The last block: complete selections."""
+            nonlocal incumbent, d_lo, d_hi, t_lo, t_hi, inc_m, version
+            for d, t, m, index in blocks[last]:
+                nt = pt + t
+                nm = pm + m
+                if nt > lim_t or nm > lim_m:
+                    continue
+                nd = pd + d
+                if nd > d_hi or (nd >= d_lo and (nt > t_hi or (nt >= t_lo and nm > inc_m))):
+                    continue
+                key = (nd / sd, nt / st, nm, smallest_choice(last, index))
+                if incumbent is not None and key >= incumbent:
+                    continue
+                incumbent = key
+                d_lo, d_hi = _band(key[0], sd)
+                t_lo, t_hi = _band(key[1], st)
+                inc_m = nm
+                version += 1
+
+        def dfs(k: int, pd: int, pt: int, pm: int) -> None:
+            if k == last:
+                leaves(pd, pt, pm)
                 return
-            drop = fsum([x[0] for x in path])
-            if (drop, lat, mem) < (best_d, best_l, best_m):
-                best_d, best_l, best_m = drop, lat, mem
-                lim_d = drop + tol_d
-                lim_r = drop + tol_r
-                lim_lp_l = drop + tol_lp_l + const_lp_l
-                lim_lp_m = drop + tol_lp_m + const_lp_m
-                choice = [0] * n
-                for k, x in enumerate(path):
-                    choice[order[k]] = x[3]
-                best_choice = choice
+            j = k + 1
+            branches = []
+            for d, t, m, index in blocks[k]:
+                nd, nt, nm = pd + d, pt + t, pm + m
+                b = bound(j, nd, nt, nm, index)
+                if b is not None:
+                    branches.append((b[0], b[1], index, nd, nt, nm, version))
+            if len(branches) > 1:
+                branches.sort()  # most promising first
+            for bd, _, index, nd, nt, nm, seen in branches:
+                if bd > d_hi:
+                    break  # sorted by drop bound: no later branch can tie or beat the incumbent either
+                if seen != version and bound(j, nd, nt, nm, index) is None:
+                    continue  # the incumbent improved since this branch was bounded
+                path[k] = index
+                dfs(j, nd, nt, nm)
 
-        def dfs(k: int, p_d: float, p_l: float, p_m: int, p_r: float) -> None:
-            k1 = k + 1
-            rest_d = suf_d[k1]
-            rest_l = suf_l[k1]
-            rest_r = rest_r_all[k1]
-            room_m = mem_room[k1]
-            if has_lat:
-                c0_l = lp_l[0][k1]
-                w0_l = lp_l[1][k1] - cap_l
-                saved_l = lp_l[2][k1]
-                added_l = lp_l[3][k1]
-                rates_l = lp_l[4][k1]
-            if has_mem:
-                c0_m = lp_m[0][k1]
-                w0_m = lp_m[1][k1] - cap_m
-                saved_m = lp_m[2][k1]
-                added_m = lp_m[3][k1]
-                rates_m = lp_m[4][k1]
-            if joint:
-                c0_f = lp_f[0][k1]
-                w0_f = lp_f[1][k1] - cap_l
-                saved_f = lp_f[2][k1]
-                added_f = lp_f[3][k1]
-                rates_f = lp_f[4][k1]
-            at_leaf = k == last
-            children = []
-            for x in ordered[k]:
-                q_r = p_r + x[4]
-                bound = q_r + rest_r
-                if bound > lim_r:
-                    break  # options come in increasing reduced cost: the rest of the block is no better
-                n_l = p_l + x[1]
-                if n_l + rest_l > lat_limit:
-                    continue
-                n_m = p_m + x[2]
-                if n_m > room_m:
-                    continue
-                n_d = p_d + x[0]
-                bound_d = n_d + rest_d
-                if bound_d > lim_d:
-                    continue
-                if has_lat:
-                    need = w0_l + n_l  # latency the rest must save from its least-cost options
-                    if need > 0.0:
-                        j = bisect_left(saved_l, need)
-                        if j < len(saved_l):
-                            lp = c0_l + added_l[j - 1] + (need - saved_l[j - 1]) * rates_l[j - 1]
-                        else:  # only by rounding (the latency check passed): the LP at the largest saving
-                            lp = c0_l + added_l[-1]
-                    else:
-                        lp = c0_l
-                    lp += n_d + mu * n_m
-                    if lp > lim_lp_l:
-                        continue
-                    if lp - const_lp_l > bound:
-                        bound = lp - const_lp_l
-                if has_mem:
-                    need = w0_m + n_m
-                    if need > 0:
-                        j = bisect_left(saved_m, need)
-                        if j < len(saved_m):
-                            lp = c0_m + added_m[j - 1] + (need - saved_m[j - 1]) * rates_m[j - 1]
-                        else:  # only by rounding (the memory check passed): the LP at the largest saving
-                            lp = c0_m + added_m[-1]
-                    else:
-                        lp = c0_m
-                    lp += n_d + lam * n_l
-                    if lp > lim_lp_m:
-                        continue
-                    if lp - const_lp_m > bound:
-                        bound = lp - const_lp_m
-                if joint:
-                    need = w0_f + n_l
-                    if need > 0.0:
-                        j = bisect_left(saved_f, need)
-                        if j < len(saved_f):
-                            lp = c0_f + added_f[j - 1] + (need - saved_f[j - 1]) * rates_f[j - 1]
-                        else:
-                            lp = c0_f + added_f[-1]
-                    else:
-                        lp = c0_f
-                    if n_m + lp > lim_f:
-                        continue
-                # Ties: no completion has a smaller drop, and every completion is slower than the incumbent.
-                if bound_d - tol_d >= best_d and n_l + rest_l - tol_l > best_l:
-                    continue
-                if at_leaf:
-                    path[k] = x
-                    leaf(n_m)
-                else:
-                    children.append((bound if bound > bound_d else bound_d, bound_d, n_d, n_l, n_m, q_r, x))
-            if children:
-                # Most promising first (least lower bound): good incumbents early prune the rest.
-                children.sort(key=_FIRST)
-                for bound, bound_d, n_d, n_l, n_m, q_r, x in children:
-                    if bound > best_d + tol_any:
-                        break  # the incumbent improved meanwhile; the rest cannot beat it
-                    if bound_d - tol_d >= best_d and n_l + rest_l - tol_l > best_l:
-                        continue  # ties, against the improved incumbent
-                    path[k] = x
-                    dfs(k1, n_d, n_l, n_m, q_r)
-
-        dfs(0, 0.0, 0.0, 0, 0.0)
-        if best_choice is None:
+        dfs(0, 0, 0, 0)
+        if incumbent is None:
             return None
-        return Solution(choice=tuple(best_choice), latency_ms=best_l, memory_bytes=best_m, accuracy_drop=best_d)
+        drop, latency, memory, choice = incumbent
+        return Solution(choice=choice, latency_ms=latency, memory_bytes=memory, accuracy_drop=drop)
 
 
 def _unvalidated_budget(latency_ms: float | None, memory_bytes: int | None) -> Budget:
@@ -670,7 +535,8 @@ def prepare(costs: Sequence[Sequence[Cost]]) -> PreparedCosts:
 def solve(costs: Sequence[Sequence[Cost]] | PreparedCosts, budget: Budget) -> Solution:
     """Returns the selection (one option per block) with the least total accuracy drop that fits ``budget``.
 
-    Exact; ties in drop are broken by lower latency, then lower memory.
+    Exact; ties in drop are broken by lower latency, then lower memory, then the lexicographically smallest
+    choice (see :mod:`legocompile.optimize.problem`).
 
     Args:
         costs: ``costs[b][o]`` is the cost of option ``o`` of block ``b``, or a :class:`PreparedCosts` (cheaper
