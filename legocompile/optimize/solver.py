@@ -59,7 +59,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from fractions import Fraction
 
 from legocompile.optimize.problem import (
     Budget,
@@ -168,13 +167,22 @@ def _staircases(blocks: list[list[tuple[int, int]]]) -> _Stairs:
     return xs, ys, neg_ys
 
 
+def _half_sum_scaled(a: float, b: float, scale: int) -> tuple[int, int]:
+    """``(a + b) * scale / 2`` as an integer fraction ``(num, den)``, den > 0 (exact)."""
+    a_num, a_den = a.as_integer_ratio()
+    b_num, b_den = b.as_integer_ratio()
+    den = max(a_den, b_den)
+    return (a_num * (den // a_den) + b_num * (den // b_den)) * scale, 2 * den
+
+
 def _band(value: float, scale: int) -> tuple[int, int]:
     """The integers ``v`` with ``v / scale == value`` (correctly rounded): ``(lo, hi)``; ``value`` is one of them."""
-    exact = Fraction(value)
-    lo = math.ceil((Fraction(math.nextafter(value, -_INF)) + exact) * scale / 2)
+    num, den = _half_sum_scaled(math.nextafter(value, -_INF), value, scale)
+    lo = -(-num // den)  # ceil: the first integer at or above the midpoint with the float below
     if lo / scale != value:
-        lo += 1  # the midpoint rounds away from value (ties to even)
-    hi = math.floor((Fraction(math.nextafter(value, _INF)) + exact) * scale / 2)
+        lo += 1  # the midpoint itself rounds to the float below (ties to even)
+    num, den = _half_sum_scaled(value, math.nextafter(value, _INF), scale)
+    hi = num // den
     if hi / scale != value:
         hi -= 1
     return lo, hi
@@ -182,7 +190,8 @@ def _band(value: float, scale: int) -> tuple[int, int]:
 
 def _limit(value: float, scale: int) -> int:
     """The largest integer ``v`` with ``v / scale <= value`` (correctly rounded)."""
-    hi = math.floor((Fraction(math.nextafter(value, _INF)) + Fraction(value)) * scale / 2)
+    num, den = _half_sum_scaled(value, math.nextafter(value, _INF), scale)
+    hi = num // den
     while hi / scale > value:
         hi -= 1
     return hi
@@ -380,7 +389,7 @@ class PreparedCosts:
         dt_x, dt_y, dt_ny = self._dt
         dm_x, dm_y, dm_ny = self._dm
         tm_x, tm_y, tm_ny = self._tm
-        joint = self._joint if has_l and has_m else []
+        joint = list(self._joint) if has_l and has_m else []  # reordered during the search
         lex = self._lex if has_m else None
         first_index = self._first_index
 
@@ -424,17 +433,23 @@ class PreparedCosts:
                 if has_l:
                     if tm_y[j][bisect_right(tm_x[j], r_t) - 1] > r_m:
                         return None  # no completion fits both budgets
-                    for x_t, x_m, s_t, s_m, a, xs, ys in joint:
+                    for g in joint:
+                        x_t, x_m, s_t, s_m, a, xs, ys = g
                         x = -((s_t * r_t + s_m * r_m - ys[j][bisect_right(xs[j], x_t * r_t + x_m * r_m) - 1]) // a)
                         if x > lbd:
                             if x > cap:
+                                if joint[0] is not g:  # move to front: the bound that pruned is tried first
+                                    joint.remove(g)
+                                    joint.insert(0, g)
                                 return None
                             lbd = x
             bd = nd + lbd
             # Least latency of a completion whose drop could tie the incumbent's (before that: reach the bound).
             tie = bd >= d_lo
             if not tie:
-                cap = lbd
+                if incumbent is not None:
+                    return bd, 0  # the drop can beat the incumbent's: no latency bound needed
+                cap = lbd  # no incumbent yet: the latency bound only orders the branches
             lbt = dt_x[j][bisect_left(dt_ny[j], -cap)]
             if has_m:
                 x = tm_x[j][bisect_left(tm_ny[j], -r_m)]
