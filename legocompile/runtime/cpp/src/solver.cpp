@@ -1,0 +1,671 @@
+// Port of legocompile/optimize/solver.py; comments name the Python function each part mirrors. Keep the float
+// expressions exactly as Python evaluates them (left to right, each operation rounded).
+#include "solver.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+
+#include "error.hpp"
+
+namespace lc {
+namespace {
+
+using Opt = PreparedCosts::Opt;
+using Segment = PreparedCosts::Segment;
+using Hull = PreparedCosts::Hull;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kEps = DBL_EPSILON;
+
+bool seg_less(const Segment& a, const Segment& b) {  // tuple order; (block, step) is unique
+  if (a.rate != b.rate) return a.rate < b.rate;
+  if (a.block != b.block) return a.block < b.block;
+  return a.step < b.step;
+}
+
+// _pareto_options
+std::vector<Opt> pareto_options(const std::vector<Cost>& block) {
+  std::vector<Opt> options;
+  for (std::size_t o = 0; o < block.size(); ++o)
+    options.push_back({block[o].accuracy_drop, block[o].latency_ms, block[o].memory_bytes, static_cast<int>(o)});
+  std::sort(options.begin(), options.end(), [](const Opt& a, const Opt& b) {
+    return std::tie(a.drop, a.lat, a.mem, a.index) < std::tie(b.drop, b.lat, b.mem, b.index);
+  });
+  std::vector<Opt> kept;
+  for (const Opt& option : options) {
+    bool dominated = false;
+    for (const Opt& k : kept)
+      if (k.lat <= option.lat && k.mem <= option.mem) {
+        dominated = true;
+        break;
+      }
+    if (!dominated) kept.push_back(option);
+  }
+  return kept;
+}
+
+// _hull(block_id, points): points are (c, w) per option, in option order.
+Hull make_hull(int block_id, const std::vector<std::pair<double, double>>& points) {
+  struct P {
+    double w, c;
+    int i;
+  };
+  std::vector<P> sorted;
+  for (std::size_t i = 0; i < points.size(); ++i)
+    sorted.push_back({points[i].second, points[i].first, static_cast<int>(i)});
+  std::sort(sorted.begin(), sorted.end(),
+            [](const P& a, const P& b) { return std::tie(a.w, a.c, a.i) < std::tie(b.w, b.c, b.i); });
+  std::vector<P> hull;
+  for (const P& p3 : sorted) {
+    if (!hull.empty() && p3.c >= hull.back().c) continue;
+    while (hull.size() >= 2) {
+      const P& p1 = hull[hull.size() - 2];
+      const P& p2 = hull[hull.size() - 1];
+      const double lhs = (p2.w - p1.w) * (p3.c - p1.c);
+      const double rhs = (p2.c - p1.c) * (p3.w - p1.w);
+      if (lhs - rhs > 0) break;
+      hull.pop_back();
+    }
+    hull.push_back(p3);
+  }
+  Hull out;
+  double rate_floor = 0.0;
+  double w_from = hull.back().w, c_from = hull.back().c;
+  for (std::size_t step = 0; step + 1 < hull.size(); ++step) {
+    const P& to = hull[hull.size() - 2 - step];
+    const double rate = (to.c - c_from) / (w_from - to.w);
+    if (rate > rate_floor) rate_floor = rate;  // max(rate_floor, rate)
+    out.segments.push_back({rate_floor, block_id, static_cast<int>(step), w_from - to.w, to.c - c_from, to.i});
+    w_from = to.w;
+    c_from = to.c;
+  }
+  out.w = hull.back().w;
+  out.c = hull.back().c;
+  out.start = hull.back().i;
+  return out;
+}
+
+struct Walk {
+  double multiplier;
+  std::vector<int> selection;
+  double value;
+  double other_lp;
+};
+
+// _walk(hulls, capacity, other)
+Walk walk(const std::vector<Hull>& hulls, double capacity, const std::vector<std::vector<double>>* other) {
+  std::vector<int> selection;
+  std::vector<double> cs, ws;
+  std::vector<Segment> segments;
+  for (const Hull& h : hulls) {
+    selection.push_back(h.start);
+    cs.push_back(h.c);
+    ws.push_back(h.w);
+    segments.insert(segments.end(), h.segments.begin(), h.segments.end());
+  }
+  double total_c = fsum(cs);
+  double total_w = fsum(ws);
+  std::sort(segments.begin(), segments.end(), seg_less);
+  double multiplier = 0.0;
+  bool crossed = false;
+  int cb = 0, cprev = 0, ctarget = 0;
+  double csaved = 0;
+  for (const Segment& s : segments) {
+    if (total_w <= capacity) break;
+    multiplier = s.rate;
+    crossed = true;
+    cb = s.block;
+    cprev = selection[s.block];
+    ctarget = s.target;
+    csaved = s.saved_w;
+    total_w -= s.saved_w;
+    total_c += s.added_c;
+    selection[s.block] = s.target;
+  }
+  const double value = total_c + multiplier * (total_w - capacity);
+  double other_lp = 0.0;
+  if (other != nullptr) {
+    std::vector<double> vals;
+    for (std::size_t b = 0; b < selection.size(); ++b) vals.push_back((*other)[b][selection[b]]);
+    other_lp = fsum(vals);
+    if (crossed && total_w < capacity)
+      other_lp += (capacity - total_w) / csaved * ((*other)[cb][cprev] - (*other)[cb][ctarget]);
+  }
+  return {multiplier, std::move(selection), value, other_lp};
+}
+
+// _sums_exactly: every sum of one value per block is exact in floating point.
+bool sums_exactly(const std::vector<std::vector<double>>& values) {
+  struct Ratio {
+    std::uint64_t m;  // |numerator| / 2**k, odd
+    int e;            // value = m * 2**e
+    bool zero;
+  };
+  std::vector<std::vector<Ratio>> ratios;
+  int unit_exp = 0;  // unit = 2**unit_exp, the largest denominator
+  for (const auto& block : values) {
+    std::vector<Ratio> rs;
+    for (double v : block) {
+      if (v == 0) {
+        rs.push_back({0, 0, true});
+        continue;
+      }
+      int e = 0;
+      const double m = std::frexp(std::fabs(v), &e);
+      std::uint64_t mant = static_cast<std::uint64_t>(std::ldexp(m, 53));
+      int exp = e - 53;
+      while ((mant & 1) == 0) {
+        mant >>= 1;
+        ++exp;
+      }
+      rs.push_back({mant, exp, false});
+      if (-exp > unit_exp) unit_exp = -exp;
+    }
+    ratios.push_back(std::move(rs));
+  }
+  const unsigned __int128 limit = static_cast<unsigned __int128>(1) << 53;
+  unsigned __int128 total = 0;
+  for (const auto& block : ratios) {
+    unsigned __int128 best = 0;
+    for (const Ratio& r : block) {
+      if (r.zero) continue;
+      const int shift = r.e + unit_exp;  // term = m * unit / den = m * 2**(e + unit_exp), shift >= 0
+      if (shift >= 53) return false;
+      const unsigned __int128 term = static_cast<unsigned __int128>(r.m) << shift;
+      if (term >= limit) return false;
+      if (term > best) best = term;
+    }
+    total += best;
+    if (total >= limit) return false;
+  }
+  return total < limit;
+}
+
+struct LP {  // _suffix_lp's (c0, w0, saved, added, rates, max_rate)
+  std::vector<double> c0, w0;
+  std::vector<std::vector<double>> saved, added, rates;
+  double max_rate = 0.0;
+};
+
+// _suffix_lp(hulls): hulls in search order.
+LP suffix_lp(const std::vector<const Hull*>& hulls) {
+  const std::size_t n = hulls.size();
+  LP lp;
+  lp.c0.assign(n + 1, 0.0);
+  lp.w0.assign(n + 1, 0.0);
+  lp.saved.assign(n + 1, {0.0});
+  lp.added.assign(n + 1, {0.0});
+  lp.rates.assign(n + 1, {});
+  std::vector<Segment> merged;
+  for (std::size_t k = n; k-- > 0;) {
+    const Hull& h = *hulls[k];
+    lp.c0[k] = lp.c0[k + 1] + h.c;
+    lp.w0[k] = lp.w0[k + 1] + h.w;
+    merged.insert(merged.end(), h.segments.begin(), h.segments.end());
+    std::sort(merged.begin(), merged.end(), seg_less);
+    std::vector<double>& saved = lp.saved[k];
+    std::vector<double>& added = lp.added[k];
+    std::vector<double>& rates = lp.rates[k];
+    saved.assign(1, 0.0);
+    added.assign(1, 0.0);
+    rates.clear();
+    for (const Segment& s : merged) {
+      saved.push_back(saved.back() + s.saved_w);
+      added.push_back(added.back() + s.added_c);
+      rates.push_back(s.rate);
+    }
+  }
+  if (!lp.rates[0].empty()) lp.max_rate = *std::max_element(lp.rates[0].begin(), lp.rates[0].end());
+  return lp;
+}
+
+// The LP value of a suffix at `need` (the shared expression of the three LP bounds in the search).
+inline double lp_at(const LP& lp, std::size_t k1, double need) {
+  if (need > 0.0) {
+    const std::vector<double>& saved = lp.saved[k1];
+    const std::size_t j = static_cast<std::size_t>(std::lower_bound(saved.begin(), saved.end(), need) - saved.begin());
+    if (j < saved.size())
+      return lp.c0[k1] + lp.added[k1][j - 1] + (need - saved[j - 1]) * lp.rates[k1][j - 1];
+    return lp.c0[k1] + lp.added[k1].back();
+  }
+  return lp.c0[k1];
+}
+
+struct TupleKey {  // (drop, latency, memory) compared as Python tuples
+  double d, l;
+  std::int64_t m;
+  bool operator<(const TupleKey& o) const {
+    if (d != o.d) return d < o.d;
+    if (l != o.l) return l < o.l;
+    return m < o.m;
+  }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ PreparedCosts
+PreparedCosts::PreparedCosts(const CostTable& costs) {
+  if (costs.empty()) throw user_error("the cost table has no blocks: nothing to select");
+  for (std::size_t b = 0; b < costs.size(); ++b)
+    if (costs[b].empty())
+      throw user_error("block " + std::to_string(b) +
+                       " has no options: every block needs at least one profiled option");
+  std::size_t total_options = 0;
+  std::vector<double> min_l, max_l, first_l, first_d, scale;
+  for (const auto& block : costs) {
+    blocks_.push_back(pareto_options(block));
+    const auto& kept = blocks_.back();
+    total_options += kept.size();
+    double lo = kept[0].lat, hi = kept[0].lat, amax = std::fabs(kept[0].drop);
+    std::int64_t mlo = kept[0].mem, mhi = kept[0].mem;
+    for (const Opt& o : kept) {
+      if (o.lat < lo) lo = o.lat;
+      if (o.lat > hi) hi = o.lat;
+      if (o.mem < mlo) mlo = o.mem;
+      if (o.mem > mhi) mhi = o.mem;
+      if (std::fabs(o.drop) > amax) amax = std::fabs(o.drop);
+    }
+    min_l.push_back(lo);
+    max_l.push_back(hi);
+    min_memory_bytes += mlo;
+    max_memory_bytes += mhi;
+    first_l.push_back(kept[0].lat);
+    first_d.push_back(kept[0].drop);
+    scale.push_back(amax);
+    unconstrained.choice.push_back(kept[0].index);
+    unconstrained.memory_bytes += kept[0].mem;
+  }
+  min_latency_ms = fsum(min_l);
+  max_latency_ms = fsum(max_l);
+  unconstrained.latency_ms = fsum(first_l);
+  unconstrained.accuracy_drop = fsum(first_d);
+  scale_drop_ = fsum(scale);
+  tol_factor_ = static_cast<double>(8 * (total_options + 8)) * kEps;
+  std::vector<std::vector<double>> drops, lats;
+  for (const auto& block : blocks_) {
+    drops.emplace_back();
+    lats.emplace_back();
+    for (const Opt& o : block) {
+      drops.back().push_back(o.drop);
+      lats.back().push_back(o.lat);
+    }
+  }
+  exact_drop_ = sums_exactly(drops);
+  exact_latency_ = sums_exactly(lats);
+  for (int kind = 0; kind < 3; ++kind) {
+    for (std::size_t b = 0; b < blocks_.size(); ++b) {
+      std::vector<std::pair<double, double>> points;
+      for (const Opt& o : blocks_[b]) {
+        if (kind == 0) points.emplace_back(o.drop, o.lat);
+        if (kind == 1) points.emplace_back(o.drop, static_cast<double>(o.mem));
+        if (kind == 2) points.emplace_back(static_cast<double>(o.mem), o.lat);
+      }
+      hulls_[kind].push_back(make_hull(static_cast<int>(b), points));
+    }
+  }
+}
+
+const std::vector<Hull>& PreparedCosts::cached_hulls(int kind) const { return hulls_[kind]; }
+
+Solution PreparedCosts::solve(std::optional<double> latency_ms, std::optional<std::int64_t> memory_bytes) const {
+  if ((latency_ms && !(min_latency_ms <= *latency_ms)) || (memory_bytes && min_memory_bytes > *memory_bytes))
+    throw SolverInfeasible{min_latency_ms, min_memory_bytes};
+  if (latency_ms && *latency_ms >= max_latency_ms) latency_ms.reset();
+  if (memory_bytes && *memory_bytes >= max_memory_bytes) memory_bytes.reset();
+  if ((!latency_ms || unconstrained.latency_ms <= *latency_ms) &&
+      (!memory_bytes || unconstrained.memory_bytes <= *memory_bytes))
+    return unconstrained;
+  auto result = branch_and_bound(latency_ms, memory_bytes);
+  if (!result) throw SolverInfeasible{min_latency_ms, min_memory_bytes};
+  return *result;
+}
+
+std::optional<PreparedCosts::Multipliers> PreparedCosts::multipliers(std::optional<double> lat_cap,
+                                                                     std::optional<std::int64_t> mem_cap) const {
+  const auto& blocks = blocks_;
+  if (!mem_cap) {
+    Walk w = walk(cached_hulls(0), *lat_cap, nullptr);
+    return Multipliers{w.multiplier, 0.0, {w.selection}};
+  }
+  const double mem_capf = static_cast<double>(*mem_cap);
+  Walk mem_walk = walk(cached_hulls(1), mem_capf, nullptr);
+  if (!lat_cap) return Multipliers{0.0, mem_walk.multiplier, {mem_walk.selection}};
+
+  Multipliers out{0.0, 0.0, {mem_walk.selection}};
+  std::vector<std::vector<double>> memory;
+  for (const auto& block : blocks) {
+    memory.emplace_back();
+    for (const Opt& o : block) memory.back().push_back(static_cast<double>(o.mem));
+  }
+  Walk least = walk(cached_hulls(2), *lat_cap, nullptr);
+  out.selections.push_back(least.selection);
+  if (least.value > mem_capf + tol_factor_ * 4 * static_cast<double>(max_memory_bytes + *mem_cap)) return std::nullopt;
+
+  struct H {
+    double h, s, lam;
+  };
+  auto h = [&](double mu) -> H {
+    Walk w;
+    if (mu == 0.0) {
+      w = walk(cached_hulls(0), *lat_cap, &memory);
+    } else {
+      std::vector<Hull> hulls;
+      for (std::size_t b = 0; b < blocks.size(); ++b) {
+        std::vector<std::pair<double, double>> points;
+        for (const Opt& o : blocks[b]) points.emplace_back(o.drop + mu * static_cast<double>(o.mem), o.lat);
+        hulls.push_back(make_hull(static_cast<int>(b), points));
+      }
+      w = walk(hulls, *lat_cap, &memory);
+    }
+    out.selections.push_back(w.selection);
+    return {w.value - mu * mem_capf, w.other_lp - mem_capf, w.multiplier};
+  };
+  struct Best {
+    double h, lam, mu;
+    bool operator<(const Best& o) const { return std::tie(h, lam, mu) < std::tie(o.h, o.lam, o.mu); }
+  };
+
+  H a = h(0.0);
+  double h_a = a.h, s_a = a.s;
+  Best best{a.h, a.lam, 0.0};
+  if (s_a <= 0) {
+    out.lam = a.lam;
+    out.mu = 0.0;
+    return out;
+  }
+  double mu_a = 0.0;
+  double mu_b = mem_walk.multiplier;
+  if (mu_b <= 0.0) mu_b = (scale_drop_ + 1.0) / static_cast<double>(max_memory_bytes > 1 ? max_memory_bytes : 1);
+  double h_b = 0, s_b = 0;
+  for (int it = 0; it < 64; ++it) {
+    H b = h(mu_b);
+    h_b = b.h;
+    s_b = b.s;
+    if (best < Best{b.h, b.lam, mu_b}) best = Best{b.h, b.lam, mu_b};
+    if (s_b <= 0) break;
+    mu_a = mu_b;
+    h_a = h_b;
+    s_a = s_b;
+    mu_b *= 4.0;
+  }
+  if (s_b < 0) {
+    const double scale = std::fabs(best.h) + scale_drop_ + 1.0;
+    for (int it = 0; it < 12; ++it) {
+      double mu_c = (h_b - h_a + s_a * mu_a - s_b * mu_b) / (s_a - s_b);
+      const double upper = h_a + s_a * (mu_c - mu_a);
+      if (!(mu_a < mu_c && mu_c < mu_b)) mu_c = 0.5 * (mu_a + mu_b);
+      if (upper - best.h <= 1e-9 * scale) break;
+      H c = h(mu_c);
+      if (best < Best{c.h, c.lam, mu_c}) best = Best{c.h, c.lam, mu_c};
+      if (c.s > 0) {
+        mu_a = mu_c;
+        h_a = c.h;
+        s_a = c.s;
+      } else if (c.s < 0) {
+        mu_b = mu_c;
+        h_b = c.h;
+        s_b = c.s;
+      } else {
+        break;
+      }
+    }
+  }
+  out.lam = best.lam;
+  out.mu = best.mu;
+  return out;
+}
+
+std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> lat_cap,
+                                                        std::optional<std::int64_t> mem_cap) const {
+  const auto& blocks = blocks_;
+  const std::size_t n = blocks.size();
+  const double tol = tol_factor_;
+  const bool has_lat = lat_cap.has_value();
+  const bool has_mem = mem_cap.has_value();
+  const double cap_l = has_lat ? *lat_cap : 0.0;
+  const std::int64_t cap_m = has_mem ? *mem_cap : 0;
+
+  // --- Multipliers and incumbent
+  auto mult = multipliers(lat_cap, mem_cap);
+  if (!mult) return std::nullopt;
+  const double lam = mult->lam, mu = mult->mu;
+  TupleKey best_key{kInf, kInf, INT64_MAX};
+  std::vector<int> best_choice;
+  bool have_choice = false;
+  for (const auto& sel : mult->selections) {
+    std::vector<double> ls, ds;
+    std::int64_t mem = 0;
+    for (std::size_t b = 0; b < n; ++b) {
+      const Opt& o = blocks[b][sel[b]];
+      ls.push_back(o.lat);
+      ds.push_back(o.drop);
+      mem += o.mem;
+    }
+    const double lat = fsum(ls);
+    if ((has_lat && lat > cap_l) || (has_mem && mem > cap_m)) continue;
+    TupleKey key{fsum(ds), lat, mem};
+    if (key < best_key) {
+      best_key = key;
+      best_choice.clear();
+      for (std::size_t b = 0; b < n; ++b) best_choice.push_back(blocks[b][sel[b]].index);
+      have_choice = true;
+    }
+  }
+
+  // --- Search order: options as (drop, latency, memory, index, reduced cost)
+  struct X {
+    double d, l;
+    std::int64_t m;
+    int index;
+    double r;
+  };
+  struct Row {
+    double spread;
+    int b;
+    std::vector<X> options;
+  };
+  std::vector<Row> table;
+  for (std::size_t b = 0; b < n; ++b) {
+    std::vector<X> options;
+    for (const Opt& o : blocks[b])
+      options.push_back({o.drop, o.lat, o.mem, o.index, o.drop + lam * o.lat + mu * static_cast<double>(o.mem)});
+    std::sort(options.begin(), options.end(), [](const X& a, const X& c) {
+      return std::tie(a.r, a.l, a.m, a.index) < std::tie(c.r, c.l, c.m, c.index);
+    });
+    const double spread = options.front().r - options.back().r;
+    table.push_back({spread, static_cast<int>(b), std::move(options)});
+  }
+  std::sort(table.begin(), table.end(),
+            [](const Row& a, const Row& c) { return std::tie(a.spread, a.b) < std::tie(c.spread, c.b); });
+  std::vector<int> order;
+  std::vector<const std::vector<X>*> ordered;
+  for (const Row& row : table) {
+    order.push_back(row.b);
+    ordered.push_back(&row.options);
+  }
+
+  std::vector<double> suf_d(n + 1, 0.0), suf_r(n + 1, 0.0), suf_l(n + 1, 0.0);
+  std::vector<std::int64_t> suf_m(n + 1, 0);
+  for (std::size_t k = n; k-- > 0;) {
+    const auto& options = *ordered[k];
+    double md = options[0].d, ml = options[0].l;
+    std::int64_t mm = options[0].m;
+    for (const X& x : options) {
+      if (x.d < md) md = x.d;
+      if (x.l < ml) ml = x.l;
+      if (x.m < mm) mm = x.m;
+    }
+    suf_d[k] = suf_d[k + 1] + md;
+    suf_r[k] = suf_r[k + 1] + options[0].r;
+    suf_l[k] = suf_l[k + 1] + ml;
+    suf_m[k] = suf_m[k + 1] + mm;
+  }
+
+  std::vector<Hull> own_l, own_m;
+  LP lp_l, lp_m, lp_f;
+  auto in_order = [&](const std::vector<Hull>& hulls) {
+    std::vector<const Hull*> out;
+    for (int b : order) out.push_back(&hulls[b]);
+    return out;
+  };
+  if (has_lat) {
+    if (mu == 0.0) {
+      lp_l = suffix_lp(in_order(cached_hulls(0)));
+    } else {
+      for (std::size_t b = 0; b < n; ++b) {
+        std::vector<std::pair<double, double>> points;
+        for (const Opt& o : blocks[b]) points.emplace_back(o.drop + mu * static_cast<double>(o.mem), o.lat);
+        own_l.push_back(make_hull(static_cast<int>(b), points));
+      }
+      lp_l = suffix_lp(in_order(own_l));
+    }
+  }
+  if (has_mem) {
+    if (lam == 0.0) {
+      lp_m = suffix_lp(in_order(cached_hulls(1)));
+    } else {
+      for (std::size_t b = 0; b < n; ++b) {
+        std::vector<std::pair<double, double>> points;
+        for (const Opt& o : blocks[b]) points.emplace_back(o.drop + lam * o.lat, static_cast<double>(o.mem));
+        own_m.push_back(make_hull(static_cast<int>(b), points));
+      }
+      lp_m = suffix_lp(in_order(own_m));
+    }
+  }
+  const bool joint = has_lat && has_mem;
+  if (joint) lp_f = suffix_lp(in_order(cached_hulls(2)));
+
+  const double scale_d = scale_drop_;
+  const double scale_l = max_latency_ms + cap_l;
+  const double scale_m = static_cast<double>(max_memory_bytes + cap_m);
+  const double tol_d = exact_drop_ ? 0.0 : tol * 2 * scale_d;
+  const double tol_r = tol * 2 * (scale_d + lam * scale_l + mu * scale_m);
+  const double tol_l = exact_latency_ ? 0.0 : tol * 2 * scale_l;
+  const double tol_f = tol * 4 * (scale_m + (joint ? lp_f.max_rate * scale_l : 0.0));
+  const double tol_lp_l = tol * 4 * (scale_d + mu * scale_m + (has_lat ? lp_l.max_rate * scale_l : 0.0));
+  const double tol_lp_m = tol * 4 * (scale_d + lam * scale_l + (has_mem ? lp_m.max_rate * scale_m : 0.0));
+  const double const_r = lam * cap_l + mu * static_cast<double>(cap_m);
+  std::vector<double> rest_r_all;
+  for (double s : suf_r) rest_r_all.push_back(s - const_r);
+  const double lat_limit = has_lat ? cap_l + tol_l : kInf;
+  std::vector<std::int64_t> mem_room;
+  for (std::int64_t s : suf_m) mem_room.push_back(has_mem ? cap_m - s : INT64_MAX);
+  const double const_lp_l = mu * static_cast<double>(cap_m);
+  const double const_lp_m = lam * cap_l;
+
+  // --- Depth-first search
+  double best_d = best_key.d, best_l = best_key.l;
+  std::int64_t best_m = best_key.m;
+  double lim_d = best_d + tol_d;
+  double lim_r = best_d + tol_r;
+  double lim_lp_l = best_d + tol_lp_l + const_lp_l;
+  double lim_lp_m = best_d + tol_lp_m + const_lp_m;
+  const double lim_f = static_cast<double>(cap_m) + tol_f;
+  std::vector<const X*> path(n, nullptr);
+  const std::size_t last = n - 1;
+  const double tol_any = std::max(std::max(tol_d, tol_r), std::max(tol_lp_l, tol_lp_m));
+  std::vector<double> scratch_l(n), scratch_d(n);
+
+  auto leaf = [&](std::int64_t mem) {
+    for (std::size_t k = 0; k < n; ++k) scratch_l[k] = path[k]->l;
+    const double lat = fsum(scratch_l);
+    if (has_lat && lat > cap_l) return;
+    for (std::size_t k = 0; k < n; ++k) scratch_d[k] = path[k]->d;
+    const double drop = fsum(scratch_d);
+    if (TupleKey{drop, lat, mem} < TupleKey{best_d, best_l, best_m}) {
+      best_d = drop;
+      best_l = lat;
+      best_m = mem;
+      lim_d = drop + tol_d;
+      lim_r = drop + tol_r;
+      lim_lp_l = drop + tol_lp_l + const_lp_l;
+      lim_lp_m = drop + tol_lp_m + const_lp_m;
+      best_choice.assign(n, 0);
+      for (std::size_t k = 0; k < n; ++k) best_choice[order[k]] = path[k]->index;
+      have_choice = true;
+    }
+  };
+
+  struct Child {
+    double bound, bound_d, n_d, n_l;
+    std::int64_t n_m;
+    double q_r;
+    const X* x;
+  };
+  std::vector<std::vector<Child>> children_at(n);
+
+  // Recursion depth is the number of blocks (<= a few dozen).
+  auto dfs = [&](auto&& self, std::size_t k, double p_d, double p_l, std::int64_t p_m, double p_r) -> void {
+    const std::size_t k1 = k + 1;
+    const double rest_d = suf_d[k1];
+    const double rest_l = suf_l[k1];
+    const double rest_r = rest_r_all[k1];
+    const std::int64_t room_m = mem_room[k1];
+    const double w0_l = has_lat ? lp_l.w0[k1] - cap_l : 0.0;
+    const double w0_m = has_mem ? lp_m.w0[k1] - static_cast<double>(cap_m) : 0.0;
+    const double w0_f = joint ? lp_f.w0[k1] - cap_l : 0.0;
+    const bool at_leaf = k == last;
+    std::vector<Child>& children = children_at[k];
+    children.clear();
+    for (const X& x : *ordered[k]) {
+      const double q_r = p_r + x.r;
+      double bound = q_r + rest_r;
+      if (bound > lim_r) break;  // options come in increasing reduced cost: the rest of the block is no better
+      const double n_l = p_l + x.l;
+      if (n_l + rest_l > lat_limit) continue;
+      const std::int64_t n_m = p_m + x.m;
+      if (n_m > room_m) continue;
+      const double n_d = p_d + x.d;
+      const double bound_d = n_d + rest_d;
+      if (bound_d > lim_d) continue;
+      if (has_lat) {
+        double lp = lp_at(lp_l, k1, w0_l + n_l);
+        lp += n_d + mu * static_cast<double>(n_m);
+        if (lp > lim_lp_l) continue;
+        if (lp - const_lp_l > bound) bound = lp - const_lp_l;
+      }
+      if (has_mem) {
+        double lp = lp_at(lp_m, k1, w0_m + static_cast<double>(n_m));
+        lp += n_d + lam * n_l;
+        if (lp > lim_lp_m) continue;
+        if (lp - const_lp_m > bound) bound = lp - const_lp_m;
+      }
+      if (joint) {
+        const double lp = lp_at(lp_f, k1, w0_f + n_l);
+        if (static_cast<double>(n_m) + lp > lim_f) continue;
+      }
+      if (bound_d - tol_d >= best_d && n_l + rest_l - tol_l > best_l) continue;
+      if (at_leaf) {
+        path[k] = &x;
+        leaf(n_m);
+      } else {
+        children.push_back({bound > bound_d ? bound : bound_d, bound_d, n_d, n_l, n_m, q_r, &x});
+      }
+    }
+    if (!children.empty()) {
+      std::stable_sort(children.begin(), children.end(),
+                       [](const Child& a, const Child& b) { return a.bound < b.bound; });
+      for (const Child& c : children) {
+        if (c.bound > best_d + tol_any) break;
+        if (c.bound_d - tol_d >= best_d && c.n_l + rest_l - tol_l > best_l) continue;
+        path[k] = c.x;
+        self(self, k1, c.n_d, c.n_l, c.n_m, c.q_r);
+      }
+    }
+  };
+  dfs(dfs, 0, 0.0, 0.0, 0, 0.0);
+  if (!have_choice) return std::nullopt;
+  Solution s;
+  s.choice = best_choice;
+  s.latency_ms = best_l;
+  s.memory_bytes = best_m;
+  s.accuracy_drop = best_d;
+  return s;
+}
+
+}  // namespace lc

@@ -1,0 +1,73 @@
+// The exact selection solver: a line-by-line port of legocompile/optimize/solver.py (same float operations in the
+// same order, same sorts and the same tie order), so that C++ and Python choose the same selection on every
+// budget, ties included. Compile without FMA contraction (-ffp-contract=off) and without -ffast-math.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "problem.hpp"
+
+namespace lc {
+
+// No selection fits: the least achievable totals (of the cost table, without the chain overhead).
+struct SolverInfeasible {
+  double min_latency_ms;
+  std::int64_t min_memory_bytes;
+};
+
+class PreparedCosts {
+ public:
+  // validate_costs + dominance filtering, once per table. Throws lc::Error (Code::error) for an empty table.
+  explicit PreparedCosts(const CostTable& costs);
+
+  // solve_raw: the optimum under the bounds (nullopt: unbounded); throws SolverInfeasible.
+  Solution solve(std::optional<double> latency_ms, std::optional<std::int64_t> memory_bytes) const;
+
+  double min_latency_ms = 0;
+  std::int64_t min_memory_bytes = 0;
+  double max_latency_ms = 0;
+  std::int64_t max_memory_bytes = 0;
+  Solution unconstrained;
+
+  struct Opt {  // an option after dominance filtering: (drop, latency, memory, index in its block)
+    double drop;
+    double lat;
+    std::int64_t mem;
+    int index;
+  };
+  struct Segment {  // (rate, block, step, w saved, c added, target)
+    double rate;
+    int block;
+    int step;
+    double saved_w;
+    double added_c;
+    int target;
+  };
+  struct Hull {
+    double c;
+    double w;
+    int start;
+    std::vector<Segment> segments;
+  };
+
+ private:
+  struct Multipliers {
+    double lam;
+    double mu;
+    std::vector<std::vector<int>> selections;
+  };
+  const std::vector<Hull>& cached_hulls(int kind) const;  // 0 latency, 1 memory, 2 least memory
+  std::optional<Multipliers> multipliers(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
+  std::optional<Solution> branch_and_bound(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
+
+  std::vector<std::vector<Opt>> blocks_;
+  std::vector<Hull> hulls_[3];  // budget-independent hulls, built once (Python builds them on first use)
+  double scale_drop_ = 0;
+  double tol_factor_ = 0;
+  bool exact_drop_ = false;
+  bool exact_latency_ = false;
+};
+
+}  // namespace lc
