@@ -1,36 +1,47 @@
-"""Benchmark: the in-process exact solver (``legocompile.optimize.solve``) against pulp/CBC (``solve_pulp``).
+"""Benchmark: the exact optimizer's worst case per solve on adversarial cost tables, and against pulp/CBC.
 
-Random but realistic cost tables: each block has pruned variants x {fp32, fp16, int8}; latency and memory shrink
-with pruning and precision, the accuracy drop grows (with measurement noise). Budgets: a latency bound drawn
-between the fastest selection and the least-drop one, and for half of the instances also a memory bound (redrawn
-when the pair cannot be met). Timings per instance (``*_ms``: the first call; ``*_best_ms``: the fastest of
-``--repeat`` calls, which filters out scheduler noise on a busy machine):
+**Worst case** (the main part). Families of cost tables built to break a branch and bound:
 
-* ``solve_ms``: ``solve(costs, budget)`` on the raw table (includes preparing it);
-* ``solve_prepared_ms``: ``PreparedCosts.solve(budget)`` on a table prepared and solved once before (the runtime
-  path: one preparation per profile, one call per budget change);
-* ``pulp_ms``: ``solve_pulp(costs, budget)`` (model build + CBC subprocess).
+* ``zero``: every drop 0 (a saturated model); each block's options trade latency against memory (sorted by
+  latency, memory falling: none dominates another), so only the latency/memory tie-breaks decide;
+* ``q360``: the same trade-off, drops random multiples of 1/360 (0..3/360, as from 360 evaluation images),
+  independent of latency and memory: massive ties on drop;
+* ``q360-mono``: drops multiples of 1/360 that grow as memory shrinks (a plausible quantised profile);
+* ``anti``: the trade-off with continuous random drops;
+* ``anti-mono``: the trade-off with continuous drops that grow as memory shrinks (noisy);
+* ``realistic``: pruned variants x {fp32, fp16, int8}: latency and memory shrink together, drops grow (noisy).
+
+Sizes 8-16 blocks x 6-15 options. Budgets per table: latency only, memory only, and both; each swept across its
+range (fractions 0, 0.01, ..., 1 of [least achievable, unconstrained optimum] and of [least, largest]), both on the
+grid of those pairs, plus the exact totals of random selections (budgets met with no slack). Infeasible budgets
+count (they are part of the workload). Per solve: wall clock of the first call (``wall``), the fastest of
+``--repeat`` calls (``best``, filters out scheduler noise on a busy machine) and the thread's CPU time of the first
+call (``cpu``). ``prepare`` (once per table) is timed likewise.
+
+**Against pulp** (``--pulp-instances``, 0 to skip): the earlier comparison on realistic tables; objective agreement
+with CBC and speed-up.
 
 Usage::
 
     python benchmarks/bench_optimizer.py --out benchmarks/results/optimizer.json
+    python benchmarks/bench_optimizer.py --quick   # 1 table per family and size, no pulp
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
+import gc
 import math
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-SIZES = ((8, 15), (12, 20), (20, 30))
+SIZES = ((8, 6), (12, 8), (12, 15), (16, 6), (16, 10), (16, 15))
+FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0)
+RANDOM_SELECTIONS = 20  # per table: budgets at the exact totals of random selections
+PULP_SIZES = ((8, 15), (12, 20), (20, 30))
 PRECISIONS = (  # (latency factor, bytes per weight / 4, accuracy drop per unit of block sensitivity)
     (1.0, 1.0, 0.0),
     (0.55, 0.5, 0.02),
@@ -38,7 +49,47 @@ PRECISIONS = (  # (latency factor, bytes per weight / 4, accuracy drop per unit 
 )
 
 
+# --- cost tables -------------------------------------------------------------------------------------------------
+
+
+def _trade_off(rng, num_options: int):
+    """Latencies rising and memory falling (distinct values): no option dominates another in (latency, memory)."""
+    latency = sorted(set(float(v) for v in rng.uniform(0.05, 1.0, 4 * num_options)))
+    latency = sorted(rng.choice(latency, num_options, replace=False).tolist())
+    memory = sorted(set(int(v) for v in rng.integers(100_000, 8_000_000, 4 * num_options)))
+    memory = sorted(rng.choice(memory, num_options, replace=False).tolist(), reverse=True)
+    return latency, [int(m) for m in memory]
+
+
+def _table(rng, family: str, num_blocks: int, num_options: int):
+    from legocompile.optimize import Cost
+
+    if family == "realistic":
+        return _random_costs(rng, num_blocks, num_options)
+    table = []
+    for _ in range(num_blocks):
+        latency, memory = _trade_off(rng, num_options)
+        ramp = [i / max(num_options - 1, 1) for i in range(num_options)]  # 0 at the largest option, 1 at the least
+        if family == "zero":
+            drops = [0.0] * num_options
+        elif family == "q360":
+            drops = [int(v) / 360 for v in rng.integers(0, 4, num_options)]
+        elif family == "q360-mono":
+            scale = rng.uniform(2, 12)
+            drops = [max(0, round(scale * r * r + rng.normal(0, 0.7))) / 360 for r in ramp]
+        elif family == "anti":
+            drops = [float(v) for v in rng.uniform(0.0, 2.0, num_options)]
+        elif family == "anti-mono":
+            scale = rng.uniform(0.2, 3.0)
+            drops = [float(scale * r * r + rng.normal(0, 0.05)) for r in ramp]
+        else:
+            raise ValueError(f"unknown family {family!r}")
+        table.append([Cost(latency[o], memory[o], drops[o]) for o in range(num_options)])
+    return table
+
+
 def _random_costs(rng, num_blocks: int, num_options: int):
+    """Realistic tables: pruned variants x precisions; latency and memory shrink with both, drops grow (noisy)."""
     from legocompile.optimize import Cost
 
     table = []
@@ -64,6 +115,130 @@ def _random_costs(rng, num_blocks: int, num_options: int):
     return table
 
 
+FAMILIES = ("zero", "q360", "q360-mono", "anti", "anti-mono", "realistic")
+
+
+def _budgets(rng, prepared, costs) -> list[tuple[str, float | None, int | None]]:
+    """(kind, latency bound, memory bound) for one table: sweeps over each range, their grid, exact totals."""
+    from legocompile.optimize import evaluate
+
+    best = prepared.unconstrained
+    lat_ends = {best.latency_ms, prepared.max_latency_ms}
+    mem_ends = {best.memory_bytes, prepared.max_memory_bytes}
+    lats = sorted({prepared.min_latency_ms + f * (end - prepared.min_latency_ms) for f in FRACTIONS for end in lat_ends})
+    mems = sorted({prepared.min_memory_bytes + round(f * (end - prepared.min_memory_bytes))
+                   for f in FRACTIONS for end in mem_ends})
+    budgets: list[tuple[str, float | None, int | None]] = []
+    budgets += [("latency", lat, None) for lat in lats]
+    budgets += [("memory", None, mem) for mem in mems]
+    lat_grid = [prepared.min_latency_ms + f * (best.latency_ms - prepared.min_latency_ms) for f in FRACTIONS]
+    mem_grid = [prepared.min_memory_bytes + round(f * (best.memory_bytes - prepared.min_memory_bytes)) for f in FRACTIONS]
+    budgets += [("both", lat, mem) for lat in lat_grid for mem in mem_grid]
+    for _ in range(RANDOM_SELECTIONS):
+        pick = evaluate(costs, [int(rng.integers(len(block))) for block in costs])
+        budgets.append(("both", pick.latency_ms, pick.memory_bytes))
+    for _ in range(RANDOM_SELECTIONS // 4):
+        pick = evaluate(costs, [int(rng.integers(len(block))) for block in costs])
+        budgets.append(("latency", pick.latency_ms, None))
+        budgets.append(("memory", None, pick.memory_bytes))
+    return budgets
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return {"median": statistics.median(ordered), "p99": p99, "max": ordered[-1], "mean": statistics.fmean(ordered)}
+
+
+def _time_solve(prepared, latency_ms, memory_bytes, repeat: int):
+    """Returns (first call wall ms, fastest wall ms, first call cpu ms, infeasible)."""
+    from legocompile.optimize import InfeasibleBudgetError
+
+    walls = []
+    cpu = 0.0
+    infeasible = False
+    for i in range(repeat):
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
+        try:
+            prepared.solve_raw(latency_ms, memory_bytes)
+        except InfeasibleBudgetError:
+            infeasible = True
+        t1 = time.perf_counter_ns()
+        if i == 0:
+            cpu = (time.thread_time_ns() - c0) / 1e6
+        walls.append((t1 - t0) / 1e6)
+    return walls[0], min(walls), cpu, infeasible
+
+
+def _worst_case(families, sizes, tables: int, repeat: int, seed: int) -> dict:
+    import numpy as np
+
+    from legocompile.optimize import prepare
+
+    rows = []
+    per_family: dict[str, dict[str, list[float]]] = {}
+    for f_index, family in enumerate(families):
+        for num_blocks, num_options in sizes:
+            samples: dict[str, dict[str, list[float]]] = {}
+            prep_wall, prep_cpu = [], []
+            infeasible = 0
+            for t in range(tables):
+                rng = np.random.default_rng([seed, f_index, num_blocks, num_options, t])
+                costs = _table(rng, family, num_blocks, num_options)
+                gc.collect()
+                c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+                prepared = prepare(costs)
+                prep_wall.append((time.perf_counter_ns() - t0) / 1e6)
+                prep_cpu.append((time.thread_time_ns() - c0) / 1e6)
+                for kind, lat, mem in _budgets(rng, prepared, costs):
+                    wall, best, cpu, inf = _time_solve(prepared, lat, mem, repeat)
+                    infeasible += inf
+                    for key in (kind, "all"):
+                        s = samples.setdefault(key, {"wall": [], "best": [], "cpu": []})
+                        s["wall"].append(wall)
+                        s["best"].append(best)
+                        s["cpu"].append(cpu)
+            row = {
+                "family": family,
+                "blocks": num_blocks,
+                "options_per_block": num_options,
+                "tables": tables,
+                "solves": len(samples["all"]["wall"]),
+                "infeasible": infeasible,
+                "prepare_ms": {"wall": _stats(prep_wall), "cpu": _stats(prep_cpu)},
+                "solve_ms": {kind: {m: _stats(v) for m, v in s.items()} for kind, s in samples.items()},
+            }
+            rows.append(row)
+            fam = per_family.setdefault(family, {"wall": [], "best": [], "cpu": [], "prepare_wall": []})
+            for m in ("wall", "best", "cpu"):
+                fam[m] += samples["all"][m]
+            fam["prepare_wall"] += prep_wall
+            all_ms = row["solve_ms"]["all"]
+            print(
+                f"  {family:10s} {num_blocks:2d} x {num_options:2d}: {row['solves']:4d} solves  "
+                f"wall median {all_ms['wall']['median']:.3f} / p99 {all_ms['wall']['p99']:.3f} / "
+                f"max {all_ms['wall']['max']:.3f} ms  (best-of-{repeat} p99 {all_ms['best']['p99']:.3f} / "
+                f"max {all_ms['best']['max']:.3f}; cpu max {all_ms['cpu']['max']:.3f})  "
+                f"prepare max {max(prep_wall):.1f} ms",
+                flush=True,
+            )
+    summary = {}
+    for family, fam in per_family.items():
+        summary[family] = {
+            "solves": len(fam["wall"]),
+            "solve_ms": {m: _stats(fam[m]) for m in ("wall", "best", "cpu")},
+            "prepare_ms": _stats(fam["prepare_wall"]),
+        }
+    return {"rows": rows, "per_family": summary}
+
+
+# --- against pulp ------------------------------------------------------------------------------------------------
+
+
 def _random_budget(rng, prepared):
     from legocompile.optimize import Budget, InfeasibleBudgetError
 
@@ -83,17 +258,6 @@ def _random_budget(rng, prepared):
     raise RuntimeError("could not draw a feasible budget")
 
 
-def _stats_ms(values_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(values_ms)
-    p90_index = min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)
-    return {
-        "median": statistics.median(ordered),
-        "p90": ordered[p90_index],
-        "max": ordered[-1],
-        "mean": statistics.fmean(ordered),
-    }
-
-
 def _timed_ms(fn, *args, repeat: int = 1):
     """Returns (first call's ms, fastest call's ms, first result)."""
     times = []
@@ -107,37 +271,7 @@ def _timed_ms(fn, *args, repeat: int = 1):
     return times[0], min(times), result
 
 
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _environment() -> dict:
-    import numpy
-    import pulp
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15": list(load) if load else None,
-        "python_version": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "pulp_version": pulp.__version__,
-        "numpy_version": numpy.__version__,
-        "cbc_path": pulp.PULP_CBC_CMD().path,
-    }
-
-
-def _bench_size(rng, num_blocks: int, num_options: int, instances: int, repeat: int) -> dict:
+def _against_pulp(rng, num_blocks: int, num_options: int, instances: int, repeat: int) -> dict:
     from legocompile.optimize import prepare, solve, solve_pulp
 
     times: dict[str, list[float]] = {name: [] for name in ("solve", "solve_prepared", "pulp")}
@@ -146,7 +280,7 @@ def _bench_size(rng, num_blocks: int, num_options: int, instances: int, repeat: 
     for _ in range(instances):
         costs = _random_costs(rng, num_blocks, num_options)
         prepared = prepare(costs)
-        budget = _random_budget(rng, prepared)  # also warms the prepared table up
+        budget = _random_budget(rng, prepared)
         runs = {
             "solve": _timed_ms(solve, costs, budget, repeat=repeat),
             "solve_prepared": _timed_ms(prepared.solve, budget, repeat=repeat),
@@ -160,86 +294,104 @@ def _bench_size(rng, num_blocks: int, num_options: int, instances: int, repeat: 
         diffs.append(abs(ours.accuracy_drop - reference.accuracy_drop))
     row: dict = {"blocks": num_blocks, "options_per_block": num_options, "instances": instances}
     for name in times:
-        row[f"{name}_ms"] = _stats_ms(times[name])
-        row[f"{name}_best_ms"] = _stats_ms(best[name])
-    for suffix in ("_ms", "_best_ms"):
-        pulp_stats, solve_stats = row[f"pulp{suffix}"], row[f"solve{suffix}"]
-        key = "speedup" if suffix == "_ms" else "speedup_best"
-        row[f"{key}_median"] = pulp_stats["median"] / solve_stats["median"]
-        row[f"{key}_p90"] = pulp_stats["p90"] / solve_stats["p90"]
-        row[f"{key}_prepared_median"] = pulp_stats["median"] / row[f"solve_prepared{suffix}"]["median"]
+        row[f"{name}_ms"] = _stats(times[name])
+        row[f"{name}_best_ms"] = _stats(best[name])
+    row["speedup_prepared_median"] = row["pulp_ms"]["median"] / row["solve_prepared_ms"]["median"]
     row["objective_max_abs_diff"] = max(diffs)
     row["objective_mismatches"] = sum(d > 1e-6 for d in diffs)
     return row
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".optimizer-", suffix=".json.tmp", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/optimizer.json", help="where to write the JSON results")
-    parser.add_argument("--instances", type=int, default=60, help="random instances per size (>= 50 recommended)")
-    parser.add_argument("--repeat", type=int, default=3, help="calls per instance and solver (the fastest is *_best)")
+    parser.add_argument("--tables", type=int, default=3, help="tables per family and size (worst case)")
+    parser.add_argument("--repeat", type=int, default=3, help="calls per budget (best-of) and per pulp instance")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of the families")
+    parser.add_argument("--sizes", default=",".join(f"{b}x{o}" for b, o in SIZES), help="e.g. 8x6,16x15")
+    parser.add_argument("--pulp-instances", type=int, default=10, help="random tables per size against pulp (0: skip)")
+    parser.add_argument("--quick", action="store_true", help="1 table per family and size, no pulp")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.instances < 1 or args.repeat < 1:
-        parser.error("--instances and --repeat must be >= 1")
+    if args.quick:
+        args.tables, args.pulp_instances = 1, 0
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
+    if args.tables < 1 or args.repeat < 1 or args.pulp_instances < 0:
+        parser.error("--tables and --repeat must be >= 1, --pulp-instances >= 0")
 
     import numpy as np
+    from _common import machine_info, write_json
 
-    rng = np.random.default_rng(args.seed)
-    results = []
-    for num_blocks, num_options in SIZES:
-        row = _bench_size(rng, num_blocks, num_options, args.instances, args.repeat)
-        results.append(row)
-        for suffix, label in (("_ms", "first call"), ("_best_ms", f"best of {args.repeat}")):
-            solve_s, prep_s, pulp_s = (row[f"{name}{suffix}"] for name in ("solve", "solve_prepared", "pulp"))
-            print(
-                f"{num_blocks:>2} blocks x {num_options:>2} options, {label:>10}: "
-                f"solve median {solve_s['median']:.2f} ms / p90 {solve_s['p90']:.2f} / max {solve_s['max']:.2f}; "
-                f"prepared {prep_s['median']:.2f} / {prep_s['p90']:.2f} / {prep_s['max']:.2f}; "
-                f"pulp {pulp_s['median']:.1f} / {pulp_s['p90']:.1f} / {pulp_s['max']:.1f}; "
-                f"speedup x{pulp_s['median'] / solve_s['median']:.0f} (medians)"
-            )
-        print(f"   objective mismatches vs pulp: {row['objective_mismatches']} of {row['instances']}")
-    payload = {
-        "benchmark": "optimizer: legocompile.optimize.solve vs solve_pulp (pulp/CBC)",
+    print(f"worst case: {len(families)} families x {len(sizes)} sizes x {args.tables} tables, best of {args.repeat}")
+    worst = _worst_case(families, sizes, args.tables, args.repeat, args.seed)
+    print("\nper family (all sizes and budgets), ms per solve:")
+    print(f"  {'family':10s} {'solves':>6s}  {'median':>7s} {'p99':>7s} {'max':>7s} | best-of: {'p99':>7s} {'max':>7s} |"
+          f" cpu: {'p99':>7s} {'max':>7s} | prepare max")
+    for family, s in worst["per_family"].items():
+        w, b, c = (s["solve_ms"][m] for m in ("wall", "best", "cpu"))
+        print(f"  {family:10s} {s['solves']:6d}  {w['median']:7.3f} {w['p99']:7.3f} {w['max']:7.3f} |"
+              f"          {b['p99']:7.3f} {b['max']:7.3f} |      {c['p99']:7.3f} {c['max']:7.3f} |"
+              f" {s['prepare_ms']['max']:.1f} ms")
+
+    pulp_rows = []
+    if args.pulp_instances:
+        print(f"\nagainst pulp/CBC ({args.pulp_instances} realistic tables per size, best of {args.repeat}):")
+        rng = np.random.default_rng(args.seed)
+        for num_blocks, num_options in PULP_SIZES:
+            row = _against_pulp(rng, num_blocks, num_options, args.pulp_instances, args.repeat)
+            pulp_rows.append(row)
+            ours, pulp = row["solve_prepared_best_ms"], row["pulp_best_ms"]
+            print(f"  {num_blocks:2d} x {num_options:2d}: prepared solve median {ours['median']:.3f} / max "
+                  f"{ours['max']:.3f} ms; pulp median {pulp['median']:.1f} ms; objective mismatches "
+                  f"{row['objective_mismatches']} of {row['instances']}")
+
+    doc = {
+        "benchmark": "optimizer: worst case per solve of legocompile.optimize on adversarial tables; vs pulp/CBC",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": _environment(),
+        "machine": machine_info(),
+        "versions": _versions(),
         "config": {
             "seed": args.seed,
-            "instances_per_size": args.instances,
+            "tables_per_family_and_size": args.tables,
             "repeat": args.repeat,
-            "sizes": [list(s) for s in SIZES],
+            "families": families,
+            "sizes": [list(s) for s in sizes],
+            "fractions": list(FRACTIONS),
+            "random_selection_budgets": RANDOM_SELECTIONS,
+            "pulp_instances_per_size": args.pulp_instances,
+            "pulp_sizes": [list(s) for s in PULP_SIZES],
         },
         "timing": (
-            "wall clock (perf_counter_ns) per instance; *_ms: first call, *_best_ms: fastest of `repeat` calls; "
-            "solve includes preparing the table, solve_prepared reuses a table prepared (and solved) once before"
+            "per solve: wall = perf_counter of the first call, best = fastest of `repeat` calls, cpu = thread CPU "
+            "time of the first call (all ms); infeasible budgets included; prepare_ms = prepare(costs) per table"
         ),
-        "results": results,
+        "worst_case": worst,
+        "against_pulp": pulp_rows,
     }
-    _write_json_atomic(args.out, payload)
+    write_json(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 
 
+def _versions() -> dict:
+    import numpy
+
+    versions = {"numpy": numpy.__version__}
+    try:
+        import pulp
+
+        versions["pulp"] = pulp.__version__
+    except ImportError:  # pragma: no cover
+        versions["pulp"] = None
+    return versions
+
+
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common
     try:
         import legocompile  # noqa: F401
     except ImportError:  # running from a checkout without installing the package

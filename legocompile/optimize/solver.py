@@ -73,6 +73,9 @@ __all__ = ["PreparedCosts", "prepare", "solve"]
 _INF = math.inf
 # Powers of four around the table's own trade-off ratio used for the Lagrangian staircases (0: just the ratio).
 _RATIO_STEPS = (-2, 0, 2)
+# Points per joint-bound staircase (coarsened beyond that): measured, 512 prunes as well as exact ones and cuts
+# prepare by a quarter on the largest tables.
+_COARSE = 512
 
 # An option: (drop, latency, memory, index in its block), drop and latency as scaled integers.
 _Option = tuple[int, int, int, int]
@@ -123,7 +126,7 @@ def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return front
 
 
-def _staircases(blocks: list[list[tuple[int, int]]]) -> _Stairs:
+def _staircases(blocks: list[list[tuple[int, int]]], limit: int | None = None) -> _Stairs:
     """The Pareto staircases of the suffix sums of ``(x, y)`` (one point per option), for suffixes 1..n-1.
 
     Staircase ``j`` holds the non-dominated ``(sum x, sum y)`` over one option from each block ``j..n-1``; index
@@ -131,6 +134,11 @@ def _staircases(blocks: list[list[tuple[int, int]]]) -> _Stairs:
     back, each as the Pareto set of the previous one shifted by every point of the block. Points are packed into
     one integer ``x << shift | y`` (with per-block offsets that keep both non-negative), so the merge is one
     integer sort and one scan.
+
+    With ``limit``, each staircase with more points is *coarsened* to at most about ``limit``: the points in each
+    of ``limit`` equal slices of the x range are replaced by one point (the slice's least x, least y), which
+    dominates them. Its look-ups are then lower bounds only (used for the joint bounds, where that costs little),
+    and the next suffix is built from the coarse one, which keeps ``prepare`` fast.
     """
     n = len(blocks)
     blocks = [_pareto(block) for block in blocks]
@@ -159,6 +167,19 @@ def _staircases(blocks: list[list[tuple[int, int]]]) -> _Stairs:
             if y < best:
                 packed.append(v)
                 best = y
+        if limit is not None and len(packed) > limit:
+            first = packed[0] >> shift
+            width = ((packed[-1] >> shift) - first) // limit + 1
+            coarse = [packed[0]]
+            slice_of = 0
+            for v in packed[1:]:
+                s = ((v >> shift) - first) // width
+                if s == slice_of:
+                    coarse[-1] = (coarse[-1] & ~mask) | (v & mask)  # the slice's first x, its last (least) y
+                else:
+                    coarse.append(v)
+                    slice_of = s
+            packed = coarse
         base_x += low_x
         base_y += low_y
         xs[j] = [(v >> shift) + base_x for v in packed]
@@ -280,8 +301,8 @@ class PreparedCosts:
                 suffix_min[a][j] = suffix_min[a][j + 1] + min(o[a] for o in blocks[j])
         self._suffix_min = suffix_min
 
-        def stairs(x, y) -> _Stairs:
-            return _staircases([[(x(o), y(o)) for o in block] for block in blocks])
+        def stairs(x, y, limit: int | None = None) -> _Stairs:
+            return _staircases([[(x(o), y(o)) for o in block] for block in blocks], limit)
 
         self._dt = stairs(lambda o: o[1], lambda o: o[0])
         self._dm = stairs(lambda o: o[2], lambda o: o[0])
@@ -296,12 +317,12 @@ class PreparedCosts:
             if spans[1] > 0 and spans[2] > 0:
                 for step in _RATIO_STEPS:
                     c, e = _ratio(spans[1], spans[2], step)  # e / c ~ latency span / memory span
-                    xs, ys, _ = stairs(lambda o, c=c, e=e: c * o[1] + e * o[2], lambda o: o[0])
+                    xs, ys, _ = stairs(lambda o, c=c, e=e: c * o[1] + e * o[2], lambda o: o[0], _COARSE)
                     self._joint.append((c, e, 0, 0, 1, xs, ys))
             if spans[1] > 0:
                 for step in _RATIO_STEPS:
                     a, b = _ratio(spans[0], spans[1], step)
-                    xs, ys, _ = stairs(lambda o: o[2], lambda o, a=a, b=b: a * o[0] + b * o[1])
+                    xs, ys, _ = stairs(lambda o: o[2], lambda o, a=a, b=b: a * o[0] + b * o[1], _COARSE)
                     self._joint.append((0, 1, b, 0, a, xs, ys))
                 # Lexicographic: a drop step (the least gap between two drops of a block) outweighs any latency
                 # span, so that among completions that tie on drop this bounds the latency.
@@ -312,7 +333,7 @@ class PreparedCosts:
             if spans[2] > 0:
                 for step in _RATIO_STEPS:
                     a, b = _ratio(spans[0], spans[2], step)
-                    xs, ys, _ = stairs(lambda o: o[1], lambda o, a=a, b=b: a * o[0] + b * o[2])
+                    xs, ys, _ = stairs(lambda o: o[1], lambda o, a=a, b=b: a * o[0] + b * o[2], _COARSE)
                     self._joint.append((1, 0, 0, b, a, xs, ys))
 
         unconstrained = self._search(None, None)
