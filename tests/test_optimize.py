@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -68,7 +69,9 @@ def key(solution: Solution) -> tuple[float, float, int]:
 
 
 def brute_force(costs, budget: Budget) -> Solution | None:
-    """The lexicographic optimum (drop, latency, memory) over all selections that fit, by enumeration."""
+    """The documented optimum over all selections that fit, by enumeration: the least (drop, latency, memory) of
+    the ``math.fsum`` totals, then the smallest choice (the product is enumerated in lexicographic order of the
+    choice, and only a strictly smaller key replaces the best)."""
     best = None
     for choice in itertools.product(*(range(len(block)) for block in costs)):
         solution = evaluate(costs, choice)
@@ -77,11 +80,11 @@ def brute_force(costs, budget: Budget) -> Solution | None:
     return best
 
 
-def check_against_brute_force(costs, budget: Budget) -> None:
+def check_against_brute_force(costs, budget: Budget, prepared: PreparedCosts | None = None) -> None:
     expected = brute_force(costs, budget)
     if expected is None:
         with pytest.raises(InfeasibleBudgetError) as info:
-            solve(costs, budget)
+            solve(prepared or costs, budget)
         assert info.value.min_latency_ms == min(
             evaluate(costs, c).latency_ms for c in itertools.product(*(range(len(b)) for b in costs))
         )
@@ -89,11 +92,12 @@ def check_against_brute_force(costs, budget: Budget) -> None:
             evaluate(costs, c).memory_bytes for c in itertools.product(*(range(len(b)) for b in costs))
         )
         return
-    got = solve(costs, budget)
+    got = solve(prepared or costs, budget)
     assert got.fits(budget)
     assert got == evaluate(costs, got.choice)  # the reported totals are those of the choice
     assert abs(got.accuracy_drop - expected.accuracy_drop) <= 1e-9
     assert key(got) == key(expected)  # exact, tie-breaks (latency, then memory) included
+    assert got.choice == expected.choice  # and the final tie-break: the smallest choice
 
 
 # --- exactness ---------------------------------------------------------------------------------------------------
@@ -149,6 +153,160 @@ def test_prepared_costs_give_the_same_answers():
             continue
         assert solve(prepared, budget) == expected
         assert prepared.solve(budget) == expected
+
+
+# --- ties: the documented order (drop, latency, memory, choice) on tie-heavy tables -------------------------------
+
+
+def trade_off_costs(rng: np.random.Generator, num_blocks: int, num_options: int, drops: str):
+    """Blocks whose options trade latency against memory (none dominates another in those two), with drops all
+    zero (``"zero"``), random multiples of 1/360 (``"q360"``, as from 360 evaluation images) or multiples of 1/360
+    from -2/360 (``"q360neg"``, measurement noise)."""
+    table = []
+    for _ in range(num_blocks):
+        latency = np.sort(rng.choice(np.arange(1, 200), num_options, replace=False)) / 100.0
+        memory = np.sort(rng.choice(np.arange(1, 200), num_options, replace=False))[::-1] * 10_000
+        if drops == "zero":
+            drop = [0.0] * num_options
+        elif drops == "q360":
+            drop = [int(v) / 360 for v in rng.integers(0, 4, num_options)]
+        else:
+            drop = [int(v) / 360 for v in rng.integers(-2, 4, num_options)]
+        table.append([Cost(float(latency[o]), int(memory[o]), drop[o]) for o in range(num_options)])
+    return table
+
+
+def tie_budgets(rng: np.random.Generator, costs) -> list[Budget]:
+    """Budgets at the exact totals of random selections (tight: met with no slack), alone and together, plus a
+    few random ones."""
+    budgets = []
+    for _ in range(4):
+        pick = evaluate(costs, [int(rng.integers(len(block))) for block in costs])
+        budgets += [
+            Budget(latency_ms=pick.latency_ms),
+            Budget(memory_bytes=pick.memory_bytes),
+            Budget(latency_ms=pick.latency_ms, memory_bytes=pick.memory_bytes),
+        ]
+    budgets += [random_budget(rng, costs) for _ in range(3)]
+    return budgets
+
+
+@pytest.mark.parametrize("drops", ["zero", "q360", "q360neg"])
+def test_tie_heavy_tables_match_brute_force(drops):
+    rng = np.random.default_rng({"zero": 31, "q360": 32, "q360neg": 33}[drops])
+    for _ in range(25):
+        costs = trade_off_costs(rng, int(rng.integers(2, 6)), int(rng.integers(2, 6)), drops)
+        prepared = prepare(costs)
+        for budget in tie_budgets(rng, costs):
+            check_against_brute_force(costs, budget, prepared)
+
+
+def test_identical_blocks_break_complete_ties_by_smallest_choice():
+    # Four copies of one block: every permutation of a selection ties on drop, latency and memory.
+    block = [Cost(1.0, 400, 0.0), Cost(0.5, 700, 0.0), Cost(0.75, 500, 0.0), Cost(0.25, 900, 0.0)]
+    costs = [list(block) for _ in range(4)]
+    rng = np.random.default_rng(5)
+    for budget in tie_budgets(rng, costs) + [Budget(latency_ms=2.5), Budget(memory_bytes=2400)]:
+        check_against_brute_force(costs, budget)
+    # Within 2400 bytes the least latency, 2.5 ms, is 900 + 3 x 500 bytes or 2 x 700 + 2 x 500, in any order.
+    got = solve(costs, Budget(memory_bytes=2400))
+    ties = [c for c in itertools.product(range(4), repeat=4) if key(evaluate(costs, c)) == key(got)]
+    assert key(got) == (0.0, 2.5, 2400) and len(ties) == 10 and got.choice == min(ties) == (1, 1, 2, 2)
+
+
+def test_drop_ties_are_on_the_rounded_totals():
+    # 1/360 + 2/360 and 3/360 + 0 have different exact sums (as floats) but the same math.fsum total, so they tie
+    # on drop and the faster one wins, although its exact sum is the larger.
+    a, b, c = 1 / 360, 2 / 360, 3 / 360
+    assert math.fsum([a, b]) == math.fsum([c, 0.0]) and Fraction(a) + Fraction(b) > Fraction(c)
+    costs = [
+        [Cost(1.0, 2, a), Cost(1.0, 1, c)],
+        [Cost(1.0, 1, b), Cost(2.0, 2, 0.0)],
+    ]
+    budget = Budget(memory_bytes=3)  # leaves out (a, 0.0), the least drop
+    got = solve(costs, budget)
+    assert got.choice == (0, 0) and got.latency_ms == 2.0 and got.accuracy_drop == math.fsum([c, 0.0])
+    check_against_brute_force(costs, budget)
+
+
+def test_latency_then_memory_break_drop_ties():
+    costs = [
+        [Cost(1.0, 10, 0.5), Cost(0.5, 30, 0.5), Cost(0.5, 20, 0.5)],
+        [Cost(1.0, 10, 0.25), Cost(0.5, 10, 0.25)],
+    ]
+    assert solve(costs, Budget()).choice == (2, 1)  # the fastest, then the smallest
+    assert solve(costs, Budget(memory_bytes=25)).choice == (0, 1)
+    for budget in (Budget(), Budget(memory_bytes=25), Budget(latency_ms=1.5)):
+        check_against_brute_force(costs, budget)
+
+
+def test_dominated_option_with_a_smaller_index_wins_a_rounded_tie():
+    # Option 0 has a larger exact drop than option 1 and is otherwise identical, but 1 + 2**-60 rounds to 1.0:
+    # the totals tie completely and the smaller choice wins.
+    costs = [[Cost(1.0, 1, 2.0**-60), Cost(1.0, 1, 0.0)], [Cost(1.0, 1, 1.0)]]
+    assert math.fsum([2.0**-60, 1.0]) == 1.0
+    assert solve(costs, Budget()).choice == (0, 0)
+    assert prepare(costs).unconstrained.choice == (0, 0)
+    check_against_brute_force(costs, Budget(latency_ms=2.0))
+
+
+def test_rounding_bands_and_limits_are_exact():
+    from legocompile.optimize.solver import _band, _limit
+
+    rng = np.random.default_rng(12)
+    for _ in range(2000):
+        scale = 2 ** int(rng.integers(0, 80))
+        v = int(rng.integers(-(2**62), 2**62)) >> int(rng.integers(0, 62))
+        value = v / scale  # correctly rounded
+        lo, hi = _band(value, scale)
+        assert lo <= v <= hi
+        assert lo / scale == value == hi / scale and (lo - 1) / scale != value != (hi + 1) / scale
+        bound = float(rng.uniform(-5, 5)) * 10.0 ** int(rng.integers(-6, 6))
+        limit = _limit(bound, scale)
+        assert limit / scale <= bound < (limit + 1) / scale
+
+
+def test_tie_heavy_tables_agree_with_pulp():
+    # Beyond brute-force reach: the drop objective against CBC, and with all drops zero the latency tie-break
+    # against CBC minimising latency itself (the table with drop := latency, the latency bound as a constraint).
+    pytest.importorskip("pulp")
+    rng = np.random.default_rng(77)
+    for i in range(6):
+        drops = ("zero", "q360", "q360neg")[i % 3]
+        costs = trade_off_costs(rng, 8, 6, drops)
+        prepared = prepare(costs)
+        pick = evaluate(costs, [int(rng.integers(6)) for _ in range(8)])
+        for budget in (
+            Budget(memory_bytes=pick.memory_bytes),
+            Budget(latency_ms=pick.latency_ms * 1.02, memory_bytes=int(pick.memory_bytes * 1.01)),
+        ):
+            ours = prepared.solve(budget)
+            assert ours.fits(budget) and ours == evaluate(costs, ours.choice)
+            assert abs(ours.accuracy_drop - solve_pulp(costs, budget).accuracy_drop) <= 1e-6
+            if drops == "zero":
+                as_drop = [[Cost(c.latency_ms, c.memory_bytes, c.latency_ms) for c in block] for block in costs]
+                reference = solve_pulp(as_drop, budget)
+                assert abs(ours.latency_ms - reference.accuracy_drop) <= 1e-6 * max(1.0, ours.latency_ms)
+
+
+def test_all_ties_12x8_stays_fast():
+    # Guard against an exponential regression (the previous solver ran past 30 s on such a table): generous.
+    import time
+
+    rng = np.random.default_rng(2024)
+    for drops in ("zero", "q360"):
+        costs = trade_off_costs(rng, 12, 8, drops)
+        prepared = prepare(costs)
+        span = prepared.max_memory_bytes - prepared.min_memory_bytes
+        for f in np.linspace(0.0, 1.0, 11):
+            memory = prepared.min_memory_bytes + int(f * span)
+            for latency in (None, prepared.max_latency_ms * 0.6):
+                start = time.perf_counter()
+                try:
+                    prepared.solve_raw(latency, memory)
+                except InfeasibleBudgetError:
+                    pass
+                assert time.perf_counter() - start < 1.0
 
 
 # --- agreement with the pulp reference ---------------------------------------------------------------------------
