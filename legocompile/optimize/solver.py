@@ -258,6 +258,7 @@ class PreparedCosts:
         "_tm",
         "_lex",
         "_joint",
+        "_drops_vary",
     )
 
     def __init__(self, costs: Sequence[Sequence[Cost]]) -> None:
@@ -304,6 +305,7 @@ class PreparedCosts:
         def stairs(x, y, limit: int | None = None) -> _Stairs:
             return _staircases([[(x(o), y(o)) for o in block] for block in blocks], limit)
 
+        self._drops_vary = any(block[0][0] != block[-1][0] for block in blocks[1:])  # (sorted by drop)
         self._dt = stairs(lambda o: o[1], lambda o: o[0])
         self._dm = stairs(lambda o: o[2], lambda o: o[0])
         self._tm = stairs(lambda o: o[1], lambda o: o[2])
@@ -413,6 +415,7 @@ class PreparedCosts:
         joint = list(self._joint) if has_l and has_m else []  # reordered during the search
         lex = self._lex if has_m else None
         first_index = self._first_index
+        drops_vary = self._drops_vary  # else every completion of a prefix has the same drop
 
         d_lo = d_hi = t_lo = t_hi = inc_m = huge
         incumbent: tuple | None = None
@@ -427,9 +430,24 @@ class PreparedCosts:
             choice[order[k]] = index
             return tuple(choice)
 
-        def bound(j: int, nd: int, nt: int, nm: int, index: int):
-            """Bounds the completions of path[:j-1] + [index], with totals (nd, nt, nm) and blocks j.. left: None
-            when none of them fits the budgets and can beat the incumbent, else (drop bound, latency bound)."""
+        def least_latency(j: int, cap: int, r_m: int) -> int:
+            """A lower bound on the latency of blocks j.. in a completion with drop <= cap and memory <= r_m."""
+            lbt = dt_x[j][bisect_left(dt_ny[j], -cap)] if drops_vary else min_t[j]
+            if has_m:
+                x = tm_x[j][bisect_left(tm_ny[j], -r_m)]
+                if x > lbt:
+                    lbt = x
+                if lex is not None:
+                    a, b, xs, ys = lex
+                    x = -((a * cap - ys[j][bisect_right(xs[j], r_m) - 1]) // b)
+                    if x > lbt:
+                        lbt = x
+            return lbt
+
+        def drop_bound(j: int, nd: int, nt: int, nm: int) -> int | None:
+            """A lower bound on the total drop of the completions of a prefix with totals (nd, nt, nm), blocks j..
+            left, that fit the budgets; None when none fits or none can tie or beat the incumbent's drop. It does
+            not depend on the incumbent (only the early exits do)."""
             r_t = lim_t - nt
             r_m = lim_m - nm
             if r_t < min_t[j] or r_m < min_m[j]:
@@ -439,18 +457,19 @@ class PreparedCosts:
             lbd = min_d[j]
             if lbd > cap:
                 return None
-            if has_l:
+            if has_l and drops_vary:
                 x = dt_y[j][bisect_right(dt_x[j], r_t) - 1]
                 if x > lbd:
                     if x > cap:
                         return None
                     lbd = x
             if has_m:
-                x = dm_y[j][bisect_right(dm_x[j], r_m) - 1]
-                if x > lbd:
-                    if x > cap:
-                        return None
-                    lbd = x
+                if drops_vary:
+                    x = dm_y[j][bisect_right(dm_x[j], r_m) - 1]
+                    if x > lbd:
+                        if x > cap:
+                            return None
+                        lbd = x
                 if has_l:
                     if tm_y[j][bisect_right(tm_x[j], r_t) - 1] > r_m:
                         return None  # no completion fits both budgets
@@ -464,26 +483,16 @@ class PreparedCosts:
                                     joint.insert(0, g)
                                 return None
                             lbd = x
-            bd = nd + lbd
-            # Least latency of a completion whose drop could tie the incumbent's (before that: reach the bound).
-            tie = bd >= d_lo
-            if not tie:
-                if incumbent is not None:
-                    return bd, 0  # the drop can beat the incumbent's: no latency bound needed
-                cap = lbd  # no incumbent yet: the latency bound only orders the branches
-            lbt = dt_x[j][bisect_left(dt_ny[j], -cap)]
-            if has_m:
-                x = tm_x[j][bisect_left(tm_ny[j], -r_m)]
-                if x > lbt:
-                    lbt = x
-                if lex is not None:
-                    a, b, xs, ys = lex
-                    x = -((a * cap - ys[j][bisect_right(xs[j], r_m) - 1]) // b)
-                    if x > lbt:
-                        lbt = x
-            bt = nt + lbt
-            if not tie:
-                return bd, bt
+            return nd + lbd
+
+        def tie_bound(j: int, nd: int, nt: int, nm: int, index: int) -> int | None:
+            """For a prefix whose drop cannot beat the incumbent's (prefix path[:j-1] + [index], totals
+            (nd, nt, nm)): None when no completion can beat the incumbent on latency, memory, then choice; else a
+            lower bound on the total latency."""
+            cap = d_hi - nd
+            r_t = lim_t - nt
+            r_m = lim_m - nm
+            bt = nt + least_latency(j, cap, r_m)
             # The drop cannot beat the incumbent's: latency decides.
             if bt > t_hi:
                 return None
@@ -491,14 +500,14 @@ class PreparedCosts:
                 tau = t_hi - nt
                 if tau > r_t:
                     tau = r_t
-                lbm = dm_x[j][bisect_left(dm_ny[j], -cap)]
+                lbm = dm_x[j][bisect_left(dm_ny[j], -cap)] if drops_vary else min_m[j]
                 x = tm_y[j][bisect_right(tm_x[j], tau) - 1]
                 if x > lbm:
                     lbm = x
                 bm = nm + lbm
                 if bm > inc_m or (bm == inc_m and smallest_choice(j - 1, index) >= incumbent[3]):
                     return None
-            return bd, bt
+            return bt
 
         def leaves(pd: int, pt: int, pm: int) -> None:
             """The last block: complete selections."""
@@ -528,16 +537,30 @@ class PreparedCosts:
             branches = []
             for d, t, m, index in blocks[k]:
                 nd, nt, nm = pd + d, pt + t, pm + m
-                b = bound(j, nd, nt, nm, index)
-                if b is not None:
-                    branches.append((b[0], b[1], index, nd, nt, nm, version))
+                bd = drop_bound(j, nd, nt, nm)
+                if bd is None:
+                    continue
+                bt = 0
+                if bd >= d_lo:  # the drop cannot beat the incumbent's
+                    bt = tie_bound(j, nd, nt, nm, index)
+                    if bt is None:
+                        continue
+                branches.append((bd, bt, index, nd, nt, nm, version))
             if len(branches) > 1:
+                if incumbent is None:
+                    # Before the first incumbent, the branches of least drop bound go first, the least latency bound
+                    # first among them (the first descent then finds the optimum when the bounds are exact).
+                    least = min(branches)[0]
+                    branches = [
+                        (bd, nt + least_latency(j, bd - nd, lim_m - nm) if bd == least else huge, index, nd, nt, nm, seen)
+                        for bd, _, index, nd, nt, nm, seen in branches
+                    ]
                 branches.sort()  # most promising first
             for bd, _, index, nd, nt, nm, seen in branches:
                 if bd > d_hi:
                     break  # sorted by drop bound: no later branch can tie or beat the incumbent either
-                if seen != version and bound(j, nd, nt, nm, index) is None:
-                    continue  # the incumbent improved since this branch was bounded
+                if seen != version and bd >= d_lo and tie_bound(j, nd, nt, nm, index) is None:
+                    continue  # the incumbent improved since this branch was bounded, and now it ties on drop
                 path[k] = index
                 dfs(j, nd, nt, nm)
 
