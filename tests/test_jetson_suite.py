@@ -1,5 +1,5 @@
 """The Jetson benchmark suite (benchmarks/jetson): pure parsers on sample texts, the device collector on fake hosts,
-and traces.
+traces, and one end-to-end ``--quick`` run.
 
 The sample texts mirror what the tools print on real devices (JetPack 4 to 6; AGX Orin, Orin Nano/NX, Xavier,
 Nano): each one is the format, not a recording of a particular board.
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "jetson"
+RUN = SUITE / "run.py"
 if str(SUITE) not in sys.path:
     sys.path.insert(0, str(SUITE))
 
-from jetsonbench import device, sampling, traces  # noqa: E402
+from jetsonbench import device, sampling, static, traces  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- sample texts
 NV_TEGRA_R36 = (
@@ -70,6 +74,36 @@ TS_NANO_JP4 = (
     "POM_5V_IN 1156/1156 POM_5V_GPU 0/0 POM_5V_CPU 118/118"
 )
 TS_TX1_OLD = "RAM 1179/3983MB (lfb 499x4MB) CPU [2%,1%,0%,0%]@102 EMC 4%@1600 AVP 0%@80 GR3D 0%@76"
+
+TRTEXEC_8 = """&&&& RUNNING TensorRT.trtexec [TensorRT v8602] # /usr/src/tensorrt/bin/trtexec --loadEngine=b0.plan
+[08/11/2024-06:55:30] [I] === Performance summary ===
+[08/11/2024-06:55:33] [I] Throughput: 2.54521e+03 qps
+[08/11/2024-06:55:33] [I] Latency: min = 0.51123 ms, max = 1.53139 ms, mean = 0.54566 ms, median = 0.52756 ms, percentile(90%) = 0.56 ms, percentile(95%) = 0.58 ms, percentile(99%) = 0.71622 ms
+[08/11/2024-06:55:33] [I] Enqueue Time: min = 0.0354 ms, max = 0.063 ms, mean = 0.041 ms, median = 0.0416 ms, percentile(90%) = 0.05 ms, percentile(95%) = 0.052 ms, percentile(99%) = 0.0523 ms
+[08/11/2024-06:55:33] [I] GPU Compute Time: min = 0.423773 ms, max = 1.25439 ms, mean = 0.426986 ms, median = 0.425195 ms, percentile(90%) = 0.43 ms, percentile(95%) = 0.44 ms, percentile(99%) = 0.524138 ms
+[08/11/2024-06:55:33] [I] Total GPU Compute Time: 3.00598 s
+&&&& PASSED TensorRT.trtexec [TensorRT v8602] # /usr/src/tensorrt/bin/trtexec --loadEngine=b0.plan
+"""
+TRTEXEC_10 = """&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --loadEngine=b1.plan
+[I] TensorRT version: 10.3.0
+[I] GPU Compute Time: min = 1.1 ms, max = 2 ms, mean = 1.2 ms, median = 1.15 ms, percentile(90%) = 1.3 ms, percentile(95%) = 1.4 ms, percentile(99%) = 1.9 ms
+&&&& PASSED TensorRT.trtexec [TensorRT v100300] # trtexec --loadEngine=b1.plan
+"""
+TRTEXEC_7 = """[10/20/2020-19:56:29] [I] Host Latency
+[10/20/2020-19:56:29] [I] min: 4.5 ms (end to end 4.9 ms)
+[10/20/2020-19:56:29] [I] GPU Compute
+[10/20/2020-19:56:29] [I] min: 4.2439 ms
+[10/20/2020-19:56:29] [I] max: 7.02356 ms
+[10/20/2020-19:56:29] [I] mean: 4.42492 ms
+[10/20/2020-19:56:29] [I] median: 4.40088 ms
+[10/20/2020-19:56:29] [I] percentile: 5.36792 ms at 99%
+[10/20/2020-19:56:29] [I] total compute time: 2.93372 s
+&&&& PASSED TensorRT.trtexec # trtexec --loadEngine=x.plan
+"""
+TRTEXEC_FAILED = """[E] Error[1]: [stdArchiveReader.cpp::StdArchiveReader::32] Error Code 1: Serialization assertion failed
+[E] Engine deserialization failed
+&&&& FAILED TensorRT.trtexec [TensorRT v8602] # trtexec --loadEngine=x.plan
+"""
 
 CPUINFO_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 sse4_2 avx avx2 fma\n"
 CPUINFO_XEON = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
@@ -277,6 +311,37 @@ def test_sampler_samples_this_process():
     del blob
 
 
+# ---------------------------------------------------------------------------------------------- trtexec parser
+def test_trtexec_parser():
+    p8 = static.parse_trtexec_output(TRTEXEC_8)
+    assert p8["gpu_compute_ms"]["median"] == pytest.approx(0.425195)
+    assert p8["gpu_compute_ms"]["p99"] == pytest.approx(0.524138) and p8["gpu_compute_ms"]["p90"] == 0.43
+    assert p8["latency_ms"]["median"] == pytest.approx(0.52756) and p8["throughput_qps"] == pytest.approx(2545.21)
+    assert p8["tensorrt_version"] == "8.6.2" and p8["passed"] is True
+    p10 = static.parse_trtexec_output(TRTEXEC_10)
+    assert p10["gpu_compute_ms"]["median"] == 1.15 and p10["tensorrt_version"] == "10.3.0"
+    p7 = static.parse_trtexec_output(TRTEXEC_7)
+    assert p7["gpu_compute_ms"] == {"min": 4.2439, "max": 7.02356, "mean": 4.42492, "median": 4.40088, "p99": 5.36792}
+    bad = static.parse_trtexec_output(TRTEXEC_FAILED)
+    assert "gpu_compute_ms" not in bad and bad["passed"] is False and bad["tensorrt_version"] == "8.6.2"
+    v10 = static.parse_trtexec_output("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec")
+    assert v10["tensorrt_version"] == "10.3.0"
+
+
+def test_pytorch_eager_only_for_the_bundles_model(tiny_bundle, tiny_model):
+    from legocompile.bundle import read_bundle
+
+    m = read_bundle(tiny_bundle["path"])
+    model, why = static.load_torch_model(None, False, m)
+    assert model is None and "--config" in why
+    model, why = static.load_torch_model(None, True, m)  # the tiny bundle is not the built-in example
+    assert model is None and "'tiny'" in why and static.EXAMPLE_MODEL in why
+    x = np.zeros(m.input.shape, np.float32)
+    r = static.pytorch_eager(tiny_model, x, threads=1, warmup=2, runs=5, chain_median_ms=0.5)
+    assert r["status"] == "ok" and r["eager"]["runs"] == 5 == len(r["samples_ms"])
+    assert r["eager_over_chain"] == pytest.approx(r["eager"]["median_ms"] / 0.5)
+
+
 # ------------------------------------------------------------------------------------------------------ traces
 def test_shipped_traces_are_valid():
     paths = traces.shipped_traces()
@@ -361,3 +426,167 @@ def test_frame_schedule():
     assert counts[2] > counts[0] > counts[1]  # the 3 s phase gets most, the 1 s phase least
     with pytest.raises(traces.TraceError, match="fewer than the trace's 4 phases"):
         traces.frame_schedule(t, 3)
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+PROFILE = {"fp32": (1.0, 1.0, 0.0), "fp16": (0.7, 0.6, 0.01), "int8": (0.45, 0.3, 0.03)}
+
+
+@pytest.fixture(scope="module")
+def traded_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle's real engines with profiles reassigned so that precisions trade accuracy for latency and
+    memory (fp16 and int8 faster, smaller and less accurate, as on a device with fast int8). On this CPU fp32 is
+    the fastest and the smallest engine of every block, so the real profiles would give every budget the same
+    selection, and the replay would never switch."""
+    from legocompile.bundle import read_bundle, write_bundle
+
+    src = Path(tiny_bundle["path"])
+    m = read_bundle(src)
+    blocks = []
+    for b in m.blocks:
+        ref = b.option("s0", "fp32")
+        opts = []
+        for o in b.options:
+            lat, mem, drop = PROFILE[o.precision]
+            opts.append(replace(o, latency_ms=ref.latency_ms * lat, latency_p90_ms=ref.latency_p90_ms * lat,
+                                memory_bytes=int(ref.memory_bytes * mem), accuracy_drop=drop, excluded=None))
+        blocks.append(replace(b, options=tuple(opts)))
+    out = tmp_path_factory.mktemp("traded") / "bundle"
+    write_bundle(out, replace(m, blocks=tuple(blocks)), {rel: src / rel for rel in m.files})
+    ex, ey = tiny_bundle["eval"]
+    data = out.parent / "eval.npz"
+    np.savez(data, x=np.asarray(ex, np.float32), y=np.asarray(ey))
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def quick_run(traded_bundle, tmp_path_factory):
+    bundle, data = traded_bundle
+    out = tmp_path_factory.mktemp("jetson-results")
+    proc = subprocess.run([sys.executable, str(RUN), str(bundle), "--quick", "--frames", "30", "--eval-samples", "64",
+                           "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (json_path,) = out.glob("*.json")
+    return json.loads(json_path.read_text()), out, proc, bundle
+
+
+def test_quick_run_writes_json_and_readable_pngs(quick_run):
+    report, out, proc, _ = quick_run
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 1 + len(report["traces"]) == len(report["plots"])
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert "[jetson]" in proc.stderr and "miss rate" in proc.stdout
+    for name in report["traces"]:
+        assert name in proc.stdout
+    assert set(report["traces"]) == {"app_starts", "oscillating", "memory_squeeze"}
+
+
+def test_quick_run_frames_and_misses_add_up(quick_run):
+    report, *_ = quick_run
+    for name, tr in report["traces"].items():
+        s, fr, phases = tr["summary"], tr["frames"], tr["phases"]
+        assert s["frames_scheduled"] == 30 == len(fr["response_ms"]) == sum(p["frames_scheduled"] for p in phases)
+        assert s["frames"] + s["dropped"] == 30
+        # misses recomputed from every frame's response time and its phase's budget
+        misses = sum(1 for r, ph in zip(fr["response_ms"], fr["phase"])
+                     if r is not None and phases[ph]["budget"]["latency_ms"] is not None
+                     and r > phases[ph]["budget"]["latency_ms"])
+        assert s["misses"] == misses == sum(p["misses"] for p in phases)
+        assert s["frames_with_deadline"] == s["frames"]  # every shipped phase has a latency budget
+        assert 0.0 <= s["miss_rate"] <= 1.0 and s["miss_rate"] == pytest.approx(misses / s["frames_with_deadline"])
+        assert s["switch_ms"]["count"] == len(phases) - 1 == len(s["switch_ms"]["values"])
+        assert all(v > 0 for v in s["switch_ms"]["values"]) and s["initial_load_ms"] > 0
+        resp = [r for r in fr["response_ms"] if r is not None]
+        assert all(r > 0 for r in resp) and s["response"]["runs"] == len(resp)
+
+
+def test_quick_run_selections_are_the_optimizers_and_fit(quick_run):
+    from legocompile.bundle import read_bundle
+    from legocompile.optimize.select import select_options
+
+    report, _, _, bundle = quick_run
+    m = read_bundle(bundle)
+    r = traces.bundle_ranges(m)
+    switched = 0
+    for name, tr in report["traces"].items():
+        spec = traces.load_trace(SUITE / "traces" / f"{name}.json")
+        for phase, ph in zip(tr["phases"], spec.phases):
+            b = phase["budget"]
+            assert b["latency_ms"] == pytest.approx(r.latency_lo_ms + ph.latency.value * (r.latency_hi_ms - r.latency_lo_ms))
+            assert b["memory_mb"] * 1e6 == pytest.approx(r.memory_lo_bytes + ph.memory.value * (r.memory_hi_bytes - r.memory_lo_bytes))
+            assert phase["infeasible"] is None  # the shipped traces stay within what the bundle can do
+            expected = select_options(m, latency_ms=b["latency_ms"], memory_mb=b["memory_mb"])
+            assert phase["selection"] == [f"{o.variant}/{o.precision}" for o in expected.options]
+            assert phase["fits_budget"] == {"latency": True, "memory": True}
+            assert expected.latency_ms <= b["latency_ms"] + 1e-12
+            assert expected.memory_bytes <= round(b["memory_mb"] * 1e6)
+            assert phase["predicted"]["latency_ms"] == pytest.approx(expected.latency_ms)
+            assert phase["predicted"]["memory_bytes"] == expected.memory_bytes
+            assert phase["accuracy"]["predicted"] == pytest.approx(expected.accuracy)
+        switched += tr["summary"]["distinct_selections"] > 1
+        changed = [p["blocks_changed"] for p in tr["phases"][1:]]
+        assert all(c == sum(a != b for a, b in zip(p0["selection"], p1["selection"]))
+                   for c, p0, p1 in zip(changed, tr["phases"], tr["phases"][1:]))
+    assert switched == 3  # every shipped trace makes the runtime switch on this bundle
+
+
+def test_quick_run_memory_and_accuracy_are_recorded(quick_run):
+    report, *_ = quick_run
+    for tr in report["traces"].values():
+        rss = tr["summary"]["rss"]
+        assert rss["base_bytes"] > 10_000_000 and rss["hwm_bytes"] >= max(p["rss"]["hwm_bytes"] for p in tr["phases"])
+        assert rss["hwm_over_base_bytes"] == rss["hwm_bytes"] - rss["base_bytes"]
+        assert rss["max_memory_budget_bytes"] == max(p["rss"]["memory_budget_bytes"] for p in tr["phases"])
+        for p in tr["phases"]:
+            assert p["rss"]["hwm_bytes"] > 0 and p["rss"]["memory_budget_bytes"] > 0
+            assert p["rss"]["over_budget_bytes"] == p["rss"]["hwm_over_base_bytes"] - p["rss"]["memory_budget_bytes"]
+            acc = p["accuracy"]
+            assert 0.0 <= acc["measured_eval"] <= 1.0 and acc["eval_samples"] == 64
+            assert 0.0 <= acc["measured_stream"] <= 1.0 and acc["stream_samples"] == p["frames"]
+        assert tr["summary"]["sampled"]["samples"] >= 1 and len(tr["series"]["proc"]["t"]) >= 1
+
+
+def test_quick_run_static_and_device(quick_run):
+    report, *_ = quick_run
+    st = report["static"]
+    selectable = [e for e in st["engines"] if e["status"] != "skipped"]
+    assert len(selectable) == report["bundle"]["selectable_options"]
+    assert all(e["status"] == "ok" and e["measured"]["median_ms"] > 0 for e in selectable)
+    whole = st["chain_vs_whole"]["whole_model"]
+    assert whole["status"] == "ok" and whole["check_max_abs_diff"] < 1e-3  # composed model = teacher chain
+    teacher = st["chain_vs_whole"]["selections"]["teacher (s0/fp32)"]
+    assert teacher["chain_over_whole"] > 0 and len(teacher["chain_samples_ms"]) == teacher["chain"]["runs"]
+    assert st["pytorch_eager"]["status"] == "skipped" and "--config" in st["pytorch_eager"]["reason"]
+    assert st["trtexec"]["status"] == "skipped" and st["trtexec"]["reason"]
+    dev = report["device"]
+    assert dev["cpu"]["count"] >= 1 and "unavailable" in dev
+    if not Path("/etc/nv_tegra_release").exists():
+        assert "l4t" not in dev and "nvpmodel" not in dev and "jetpack" not in dev
+
+
+# ---------------------------------------------------------------------------------------------------- CLI errors
+@pytest.fixture(scope="module")
+def run_main():
+    return runpy.run_path(str(RUN))["main"]
+
+
+def test_cli_bad_trace_is_one_line(run_main, tmp_path, capsys, tiny_bundle):
+    bad = tmp_path / "typo.json"
+    bad.write_text('{"phases": [{"duration_s": 1, "latancy": 0.5}]}')
+    assert run_main([str(tiny_bundle["path"]), "--trace", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "typo.json" in err and "latancy" in err
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_cli_bad_bundle_and_data(run_main, tmp_path, capsys, tiny_bundle):
+    assert run_main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    npz = tmp_path / "wrong.npz"
+    np.savez(npz, x=np.zeros((4, 3, 32, 32), np.float32), y=np.zeros(4))
+    assert run_main([str(tiny_bundle["path"]), "--data", str(npz), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "x has shape (4, 3, 32, 32)" in err
