@@ -250,6 +250,27 @@ def test_dominated_option_with_a_smaller_index_wins_a_rounded_tie():
     check_against_brute_force(costs, Budget(latency_ms=2.0))
 
 
+def test_edge_tables_match_brute_force():
+    # One block, one option, zero latencies and memory, negative drops, drops and latencies across 600 decades
+    # (the exact integers then have over 2000 bits).
+    tables = [
+        [[Cost(0.5, 10, 0.25)]],
+        [[Cost(0.5, 10, 0.25), Cost(0.25, 20, 1.0)]],
+        [[Cost(0.0, 0, 0.0)], [Cost(0.0, 0, -1.0), Cost(0.0, 5, -2.0)]],
+        [[Cost(1e-300, 1, 1e-300), Cost(1.0, 2, 1e300)], [Cost(3.0, 1, -1e-200), Cost(1e-5, 7, 5.0)]],
+        [[Cost(0.1, 1, 0.1), Cost(0.2, 1, 0.2), Cost(0.3, 1, 0.3)], [Cost(0.2, 1, 0.2), Cost(0.1, 2, 0.1)]],
+    ]
+    for costs in tables:
+        prepared = prepare(costs)
+        totals = [evaluate(costs, c) for c in itertools.product(*(range(len(b)) for b in costs))]
+        latencies = sorted({s.latency_ms for s in totals if s.latency_ms > 0}) + [0.3, 1.5]
+        memories = sorted({s.memory_bytes for s in totals if s.memory_bytes > 0}) + [1, 3]
+        for latency in [None, *latencies]:
+            for memory in [None, *memories]:
+                check_against_brute_force(costs, Budget(latency_ms=latency, memory_bytes=memory), prepared)
+    assert prepare(tables[2]).solve_raw(0.0, 0).choice == (0, 0)  # raw bounds may be 0
+
+
 def test_rounding_bands_and_limits_are_exact():
     from legocompile.optimize.solver import _band, _limit
 
