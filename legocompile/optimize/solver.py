@@ -7,51 +7,64 @@ little and need no subprocess. pulp stays as the reference formulation that the 
 
 **The order** (see :mod:`legocompile.optimize.problem`): the least ``accuracy_drop``, then the least
 ``latency_ms``, then the least ``memory_bytes`` (drops and latencies compared as their ``math.fsum`` totals, i.e.
-correctly rounded), then the lexicographically smallest ``choice`` (option indices in block order).
+correctly rounded), then the lexicographically smallest ``choice`` (option indices in block order). The order is
+total, so the answer does not depend on the search order.
 
 **Exact arithmetic.** Every drop and latency is a binary float, so scaling all drops (all latencies) by one power
 of two makes them exact integers (Python ints; memory already is one). All sums, bounds and pruning decisions are
-exact integer arithmetic; no tolerance anywhere. The rounded total of a sum ``v`` is ``v / scale`` (Python's
-int / int division is correctly rounded, so it equals ``math.fsum`` of the floats). Since rounding is monotone,
-"the rounded drop can equal the incumbent's" is the exact test ``v >= lo`` and "can be no larger" is ``v <= hi``,
+exact integer arithmetic, with no tolerance anywhere. The rounded total of a sum ``v`` is ``v / scale`` (Python's
+int / int division is correctly rounded, so it equals ``math.fsum`` of the floats). Rounding is monotone, so "the
+rounded drop can equal the incumbent's" is the exact test ``v >= lo`` and "can be no larger" is ``v <= hi``,
 where ``[lo, hi]`` is the band of integers that round to the incumbent's value (:func:`_band`); a latency bound
-``L`` is the integer limit ``v <= _limit(L)``.
+``L`` becomes the integer limit ``v <= _limit(L)``.
 
-**Algorithm: depth-first branch and bound with exact 2-D bounds precomputed per suffix of blocks in
-:func:`prepare`.** The blocks are searched in a fixed order (those whose options differ most first). For the blocks
-``j..n-1`` not yet assigned, ``prepare`` builds Pareto *staircases* of the suffix's sums (:func:`_staircases`, the
-Nemhauser-Ullmann merge, one block at a time): the sets of non-dominated ``(x, y)`` totals, for the pairs
+**Why this algorithm.** The previous solver was a branch and bound with LP-relaxation bounds on the drop only:
+where drops tie (all zero on a saturated model, or multiples of 1/N_eval), no branch could be pruned on drop and
+the latency/memory tie-break had no bound, so it explored whole subtrees of equal drop (100-460 ms for 8 x 6
+all-zero tables, over 30 s for 12 x 8). A full precomputed frontier (every non-dominated (drop, latency, memory)
+total) answers any budget by look-up, but it has 10^4-10^5 points for 16 x 15 tables with varied drops, too many
+to build in Python at load time. A DP over budgets needs integer budgets. So: a branch and bound whose bounds fold
+in the whole order (drop, then latency, then memory), exactly, from exact 2-D information precomputed per suffix
+of blocks -- small enough to build at load time, and exact for the single-budget cases.
+
+**Algorithm: depth-first branch and bound with exact 2-D bounds precomputed per suffix of blocks.** The blocks are
+searched in a fixed order (those whose options differ most first). For the blocks ``j..n-1`` not yet assigned,
+:func:`prepare` builds Pareto *staircases* of the suffix's totals (:func:`_staircases`, the Nemhauser-Ullmann merge,
+one block at a time): the non-dominated ``(x, y)`` totals over all selections of the suffix, for
 
 * ``(latency, drop)``, ``(memory, drop)``, ``(latency, memory)``: each answers, by one binary search, exactly "the
   least ``y`` of any completion with ``x <= r``" and "the least ``x`` with ``y <= r``";
-* joint bounds, for a few ratios (powers of two around the table's own span ratios): surrogate
-  ``(c*latency + e*memory, drop)`` and Lagrangian ``(memory, a*drop + b*latency)``, ``(latency, a*drop +
-  b*memory)`` (a completion within both budgets has ``a*drop >= K(memory left) - b*latency left``);
-* a "lexicographic" ``(memory, a*drop + b*latency)`` whose drop steps outweigh any latency: the latency bound
-  among the completions that tie on drop under a memory budget.
+* a "lexicographic" ``(memory, a*drop + b*latency)`` whose drop steps outweigh any latency span: the latency of
+  the completions that tie on drop under a memory budget (``b*latency >= K - a*drop``);
+* joint bounds for both budgets at once (coarsened to at most ``_COARSE`` points: lower bounds only): surrogate
+  ``(c*latency + e*memory, drop)`` and Lagrangian ``(memory, a*drop + b*latency)`` and ``(latency, a*drop +
+  b*memory)`` for a few ratios around the table's own spans (a completion within both budgets has ``a*drop >=
+  K(memory left) - b*latency left``).
 
 At a node (a prefix of choices), for each option of the next block, the search computes from the staircases:
-whether any completion fits both budgets (exact, from ``(latency, memory)``), a lower bound on the total drop
-(the largest of the staircase bounds), and where that bound cannot beat the incumbent's rounded drop, lower
-bounds on latency and then memory among the completions that could tie it; an option is pruned as soon as it
-cannot beat the incumbent in the order above (on a complete tie in drop, latency and memory: when the smallest
-choice it can lead to is not smaller than the incumbent's). Surviving options are searched most promising first
-(least drop bound, then least latency bound). The single-budget bounds are exact for their own pair, so a
-latency-only or memory-only query, and any query with all drops equal, is answered by one descent plus the
-sibling checks (``n`` levels x options bound evaluations); the joint bounds keep queries with both budgets
-close to that on most tables (see ``benchmarks/bench_optimizer.py`` for the measured worst cases). The
-previous solver pruned on drop alone (LP bounds), so tables whose drops tie (all zero on a saturated model, or
-multiples of 1/N_eval) explored whole subtrees of equal drop: 100-460 ms for 8 x 6, over 30 s for 12 x 8.
+whether any completion fits both budgets (exact, from ``(latency, memory)``); a lower bound on the total drop (the
+largest staircase bound); and, where that bound cannot beat the incumbent's rounded drop, lower bounds on the
+latency and then the memory of the completions that could tie it. An option is pruned as soon as it cannot beat
+the incumbent in the order above (on a complete tie: when the smallest choice it can lead to is not smaller than
+the incumbent's). The rest are searched most promising first (least drop bound; before the first incumbent, least
+latency bound among those). Per block, options that can never be the answer are dropped once (:func:`_filter`).
 
-Per block, options that can never be the answer are dropped once (:func:`_filter`): another option no worse in
-drop, latency and memory, and strictly less memory or a smaller index.
+**What is guaranteed, what is measured.** The single-budget bounds are exact, so a latency-only or memory-only
+query, and any query when every block's drops are equal (e.g. all zero), is answered by one descent plus the
+sibling checks: at most about ``n * options`` bound evaluations of a few binary searches each, whatever the
+table (a hard worst case, ~0.2-0.7 ms for 16 x 15). With both budgets and drops that differ, the problem is
+genuinely two-dimensional and the joint bounds are relaxations: the search is then usually a few descents, but
+on adversarial tables (drops independent of latency and memory, both budgets tight) it can explore thousands of
+nodes. ``benchmarks/bench_optimizer.py`` measures both per family.
 
 **Porting** (e.g. to C++): the staircases are plain sorted integer arrays (per suffix: ``xs`` ascending, ``ys``
-descending, with ``-ys`` kept for the reverse search), built once per table; the search is a recursive loop with
-``upper_bound``/``lower_bound`` look-ups. Exact sums need integers wider than 64 bits when the scaled values do:
-use ``__int128`` where ``scale * max |value| * blocks`` fits (check at prepare time; it does for any realistic
-table), else a multi-word integer. ``_band`` and ``_limit`` need one exact comparison of an integer ratio with
-a double's neighbours (e.g. compare ``v`` against ``(2*r_num*scale ± ulp)/(2*r_den)`` in integers).
+descending, with ``-ys`` kept for the reverse search), built once per table by sort-and-scan merges; the search
+is a recursive loop of ``upper_bound``/``lower_bound`` look-ups over them. Exact sums need integers wider than 64
+bits when the scaled values do: use ``__int128`` when ``scale * max|value| * blocks`` fits (check it at prepare
+time; it does for measured profiles), else a multi-word integer. The ratios of the joint and lexicographic
+staircases are powers of two that may be clamped to keep their keys within 127 bits: any positive ratio gives a
+valid bound. ``_band`` and ``_limit`` compare an integer with the midpoint of a double and its neighbour, both
+exact dyadic rationals (``_half_sum_scaled``).
 """
 
 from __future__ import annotations
@@ -71,8 +84,11 @@ from legocompile.optimize.problem import (
 __all__ = ["PreparedCosts", "prepare", "solve"]
 
 _INF = math.inf
-# Powers of four around the table's own trade-off ratio used for the Lagrangian staircases (0: just the ratio).
+# Ratios of the joint-bound staircases: powers of two (steps) around the table's own span ratio, 0 being the
+# ratio itself. Measured on the benchmark's families: all three Lagrangian ratios prune, the surrogate
+# ratios other than the table's own rarely do.
 _RATIO_STEPS = (-2, 0, 2)
+_SURROGATE_STEPS = (0,)
 # Points per joint-bound staircase (coarsened beyond that): measured, 512 prunes as well as exact ones and cuts
 # prepare by a quarter on the largest tables.
 _COARSE = 512
@@ -317,7 +333,7 @@ class PreparedCosts:
         self._lex: tuple[int, int, list[list[int]], list[list[int]]] | None = None
         if n > 1 and spans[0] > 0:
             if spans[1] > 0 and spans[2] > 0:
-                for step in _RATIO_STEPS:
+                for step in _SURROGATE_STEPS:
                     c, e = _ratio(spans[1], spans[2], step)  # e / c ~ latency span / memory span
                     xs, ys, _ = stairs(lambda o, c=c, e=e: c * o[1] + e * o[2], lambda o: o[0], _COARSE)
                     self._joint.append((c, e, 0, 0, 1, xs, ys))
