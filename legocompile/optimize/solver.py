@@ -49,13 +49,15 @@ the incumbent in the order above (on a complete tie: when the smallest choice it
 the incumbent's). The rest are searched most promising first (least drop bound; before the first incumbent, least
 latency bound among those). Per block, options that can never be the answer are dropped once (:func:`_filter`).
 
-**What is guaranteed, what is measured.** The single-budget bounds are exact, so a latency-only or memory-only
-query, and any query when every block's drops are equal (e.g. all zero), is answered by one descent plus the
-sibling checks: at most about ``n * options`` bound evaluations of a few binary searches each, whatever the
-table (a hard worst case, ~0.2-0.7 ms for 16 x 15). With both budgets and drops that differ, the problem is
-genuinely two-dimensional and the joint bounds are relaxations: the search is then usually a few descents, but
-on adversarial tables (drops independent of latency and memory, both budgets tight) it can explore thousands of
-nodes. ``benchmarks/bench_optimizer.py`` measures both per family.
+**What is guaranteed, what is measured.** The single-budget drop bounds are exact, and so are the latency bounds
+among drop ties under a latency budget alone, and under any budgets when every block's drops are equal (e.g. all
+zero). Then the search is one descent plus the sibling checks: at most about ``2 * n * options`` bound
+evaluations of a few binary searches each, whatever the budget (0.1-0.7 ms for 16 x 15 measured). Under a memory
+budget alone with tied drops, the latency among the ties is bounded by the lexicographic staircase (a Lagrangian
+bound, not exact): measured, one to three descents. With both budgets and drops that differ, the problem is
+genuinely two-dimensional and the joint bounds are relaxations: usually a few descents, but on adversarial tables
+(drops independent of latency and memory, both budgets tight) thousands of nodes. ``benchmarks/bench_optimizer.py``
+measures each case per family.
 
 **Porting** (e.g. to C++): the staircases are plain sorted integer arrays (per suffix: ``xs`` ascending, ``ys``
 descending, with ``-ys`` kept for the reverse search), built once per table by sort-and-scan merges; the search
