@@ -145,13 +145,16 @@ def build(*, sanitize: bool = False, tests: bool = False, jobs: int = 2) -> Path
         LegoCompileError: the build failed (the message names the log).
     """
     cmake, cxx, headers, library = _check_toolchain()
-    options = {"CMAKE_BUILD_TYPE": "RelWithDebInfo" if sanitize else "Release",
+    options = {"CMAKE_BUILD_TYPE": "Debug" if sanitize else "Release",
                "LEGOCOMPILE_SANITIZE": "ON" if sanitize else "OFF",
                "LEGOCOMPILE_BUILD_TESTS": "ON" if tests else "OFF",
                "LEGOCOMPILE_BUILD_EXAMPLES": "ON",
                "LEGOCOMPILE_ORT_INCLUDE_DIR": str(headers),
                "LEGOCOMPILE_ORT_LIBRARY": str(library),
                "CMAKE_CXX_COMPILER": cxx}
+    if sanitize:  # unoptimized with line tables: sanitizer reports name the line, and the build is quickest
+        options["CMAKE_CXX_FLAGS_DEBUG"] = "-O0 -g1"
+        options["LEGOCOMPILE_BUILD_EXAMPLES"] = "OFF"
     key = hashlib.sha256(json.dumps([sources_hash(), options, library.stat().st_size], sort_keys=True).encode())
     name = key.hexdigest()[:16] + ("-asan" if sanitize else "")
     root = cache_root()
@@ -167,7 +170,8 @@ def build(*, sanitize: bool = False, tests: bool = False, jobs: int = 2) -> Path
         folder.mkdir(parents=True)
         log = folder / "build.log"
         configure = [cmake, "-S", str(CPP_DIR), "-B", str(folder)] + [f"-D{k}={v}" for k, v in options.items()]
-        steps = [configure, [cmake, "--build", str(folder), "--parallel", str(max(1, jobs))]]
+        steps = [configure, [cmake, "--build", str(folder), "--parallel", str(max(1, jobs))]
+                 + (["--target", "lc_unit_tests"] if tests and sanitize else [])]
         with open(log, "w") as out:
             for step in steps:
                 done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
@@ -282,6 +286,7 @@ class CppRuntime:
         self.manifest = Manifest.from_json(json.loads(ctypes.string_at(data, size.value).decode("utf-8")))
         self._n = len(self.manifest.blocks)
         self._out_shape = tuple(self.manifest.blocks[-1].output.shape[1:])
+        self.last_predicted: dict | None = None
 
     @classmethod
     def load(
@@ -359,6 +364,8 @@ class CppRuntime:
         return n.value
 
     def _selection(self, choice, totals: _Totals) -> Selection:
+        self.last_predicted = {"latency_ms": totals.latency_ms, "memory_bytes": totals.memory_bytes,
+                               "accuracy": totals.accuracy}  # the C++ totals of the last selection returned
         options = tuple(b.options[i] for b, i in zip(self.manifest.blocks, choice))
         return make_selection(self.manifest, options)
 

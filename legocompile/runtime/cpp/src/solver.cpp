@@ -1,5 +1,7 @@
-// Port of legocompile/optimize/solver.py; comments name the Python function each part mirrors. Keep the float
-// expressions exactly as Python evaluates them (left to right, each operation rounded).
+// The exact selection solver (see solver.hpp). The bounds are the LP-relaxation branch and bound of an earlier
+// legocompile/optimize/solver.py (comments name the Python function each part mirrors), padded by tolerances far
+// above their rounding error, so they never prune a branch that could beat or tie the incumbent; every leaf is
+// compared exactly in problem.py's total order (fsum drop, fsum latency, memory, then the smallest choice).
 #include "solver.hpp"
 
 #include <algorithm>
@@ -28,7 +30,10 @@ bool seg_less(const Segment& a, const Segment& b) {  // tuple order; (block, ste
   return a.step < b.step;
 }
 
-// _pareto_options
+// _filter: drops the options that can never be the answer. Option o goes when another k is no worse in drop,
+// latency and memory and either needs strictly less memory or has a smaller index. An o that only loses on drop
+// or latency to an option with a larger index stays: rounding can make the totals tie, and then o's smaller
+// index wins.
 std::vector<Opt> pareto_options(const std::vector<Cost>& block) {
   std::vector<Opt> options;
   for (std::size_t o = 0; o < block.size(); ++o)
@@ -39,8 +44,8 @@ std::vector<Opt> pareto_options(const std::vector<Cost>& block) {
   std::vector<Opt> kept;
   for (const Opt& option : options) {
     bool dominated = false;
-    for (const Opt& k : kept)
-      if (k.lat <= option.lat && k.mem <= option.mem) {
+    for (const Opt& k : kept)  // every kept option has a drop <= this one (sort order)
+      if (k.lat <= option.lat && k.mem <= option.mem && (k.mem < option.mem || k.index < option.index)) {
         dominated = true;
         break;
       }
@@ -244,7 +249,16 @@ struct TupleKey {  // (drop, latency, memory) compared as Python tuples
     if (l != o.l) return l < o.l;
     return m < o.m;
   }
+  bool operator==(const TupleKey& o) const { return d == o.d && l == o.l && m == o.m; }
 };
+
+// The total order of problem.py: (drop, latency, memory), then the lexicographically smallest choice.
+bool better(const TupleKey& k, const std::vector<int>& choice, const TupleKey& best,
+            const std::vector<int>& best_choice, bool have_best) {
+  if (!have_best) return true;
+  if (k < best) return true;
+  return k == best && choice < best_choice;
+}
 
 }  // namespace
 
@@ -256,7 +270,7 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
       throw user_error("block " + std::to_string(b) +
                        " has no options: every block needs at least one profiled option");
   std::size_t total_options = 0;
-  std::vector<double> min_l, max_l, first_l, first_d, scale;
+  std::vector<double> min_l, max_l, scale;
   for (const auto& block : costs) {
     blocks_.push_back(pareto_options(block));
     const auto& kept = blocks_.back();
@@ -274,16 +288,13 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
     max_l.push_back(hi);
     min_memory_bytes += mlo;
     max_memory_bytes += mhi;
-    first_l.push_back(kept[0].lat);
-    first_d.push_back(kept[0].drop);
     scale.push_back(amax);
-    unconstrained.choice.push_back(kept[0].index);
-    unconstrained.memory_bytes += kept[0].mem;
+    int first_index = kept[0].index;
+    for (const Opt& o : kept) first_index = std::min(first_index, o.index);
+    first_index_.push_back(first_index);
   }
   min_latency_ms = fsum(min_l);
   max_latency_ms = fsum(max_l);
-  unconstrained.latency_ms = fsum(first_l);
-  unconstrained.accuracy_drop = fsum(first_d);
   scale_drop_ = fsum(scale);
   tol_factor_ = static_cast<double>(8 * (total_options + 8)) * kEps;
   std::vector<std::vector<double>> drops, lats;
@@ -308,6 +319,9 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
       hulls_[kind].push_back(make_hull(static_cast<int>(b), points));
     }
   }
+  // The optimum without a budget: the search without bounds (the least option per block is not always it: two
+  // drops that differ only below the totals' rounding tie, and then latency, memory and the choice decide).
+  unconstrained = *branch_and_bound(std::nullopt, std::nullopt);
 }
 
 const std::vector<Hull>& PreparedCosts::cached_hulls(int kind) const { return hulls_[kind]; }
@@ -328,6 +342,7 @@ Solution PreparedCosts::solve(std::optional<double> latency_ms, std::optional<st
 std::optional<PreparedCosts::Multipliers> PreparedCosts::multipliers(std::optional<double> lat_cap,
                                                                      std::optional<std::int64_t> mem_cap) const {
   const auto& blocks = blocks_;
+  if (!mem_cap && !lat_cap) return Multipliers{0.0, 0.0, {std::vector<int>(blocks.size(), 0)}};
   if (!mem_cap) {
     Walk w = walk(cached_hulls(0), *lat_cap, nullptr);
     return Multipliers{w.multiplier, 0.0, {w.selection}};
@@ -449,10 +464,11 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
     const double lat = fsum(ls);
     if ((has_lat && lat > cap_l) || (has_mem && mem > cap_m)) continue;
     TupleKey key{fsum(ds), lat, mem};
-    if (key < best_key) {
+    std::vector<int> choice;
+    for (std::size_t b = 0; b < n; ++b) choice.push_back(blocks[b][sel[b]].index);
+    if (better(key, choice, best_key, best_choice, have_choice)) {
       best_key = key;
-      best_choice.clear();
-      for (std::size_t b = 0; b < n; ++b) best_choice.push_back(blocks[b][sel[b]].index);
+      best_choice = choice;
       have_choice = true;
     }
   }
@@ -570,6 +586,24 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
   const std::size_t last = n - 1;
   const double tol_any = std::max(std::max(tol_d, tol_r), std::max(tol_lp_l, tol_lp_m));
   std::vector<double> scratch_l(n), scratch_d(n);
+  std::vector<int> leaf_choice(n, 0);
+  std::vector<int> fixed(n, -1);  // per block (block order): the option chosen on the current path, -1 when free
+  // Whether a branch (the path with `x` at block b) can lead to a choice smaller than the incumbent's: its
+  // smallest choice has the free blocks at their smallest remaining index.
+  auto smaller_choice_possible = [&](int b, int index) {
+    if (!have_choice) return true;
+    for (std::size_t c = 0; c < n; ++c) {
+      const int v = static_cast<int>(c) == b ? index : fixed[c] >= 0 ? fixed[c] : first_index_[c];
+      if (v != best_choice[c]) return v < best_choice[c];
+    }
+    return false;
+  };
+  // A branch that cannot beat the incumbent in drop, latency or memory, and cannot lead to a smaller choice, can
+  // at best tie it: prune it (keeps tie-heavy tables from exploring every permutation of equal options).
+  auto only_ties = [&](double bound_d, double lat_bound, std::int64_t mem_bound, int b, int index) {
+    return have_choice && bound_d - tol_d >= best_d && lat_bound - tol_l >= best_l && mem_bound >= best_m &&
+           !smaller_choice_possible(b, index);
+  };
 
   auto leaf = [&](std::int64_t mem) {
     for (std::size_t k = 0; k < n; ++k) scratch_l[k] = path[k]->l;
@@ -577,7 +611,8 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
     if (has_lat && lat > cap_l) return;
     for (std::size_t k = 0; k < n; ++k) scratch_d[k] = path[k]->d;
     const double drop = fsum(scratch_d);
-    if (TupleKey{drop, lat, mem} < TupleKey{best_d, best_l, best_m}) {
+    for (std::size_t k = 0; k < n; ++k) leaf_choice[order[k]] = path[k]->index;
+    if (better(TupleKey{drop, lat, mem}, leaf_choice, TupleKey{best_d, best_l, best_m}, best_choice, have_choice)) {
       best_d = drop;
       best_l = lat;
       best_m = mem;
@@ -585,8 +620,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
       lim_r = drop + tol_r;
       lim_lp_l = drop + tol_lp_l + const_lp_l;
       lim_lp_m = drop + tol_lp_m + const_lp_m;
-      best_choice.assign(n, 0);
-      for (std::size_t k = 0; k < n; ++k) best_choice[order[k]] = path[k]->index;
+      best_choice = leaf_choice;
       have_choice = true;
     }
   };
@@ -640,6 +674,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
         if (static_cast<double>(n_m) + lp > lim_f) continue;
       }
       if (bound_d - tol_d >= best_d && n_l + rest_l - tol_l > best_l) continue;
+      if (only_ties(bound_d, n_l + rest_l, n_m + suf_m[k1], order[k], x.index)) continue;
       if (at_leaf) {
         path[k] = &x;
         leaf(n_m);
@@ -653,8 +688,11 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
       for (const Child& c : children) {
         if (c.bound > best_d + tol_any) break;
         if (c.bound_d - tol_d >= best_d && c.n_l + rest_l - tol_l > best_l) continue;
+        if (only_ties(c.bound_d, c.n_l + rest_l, c.n_m + suf_m[k1], order[k], c.x->index)) continue;
         path[k] = c.x;
+        fixed[order[k]] = c.x->index;
         self(self, k1, c.n_d, c.n_l, c.n_m, c.q_r);
+        fixed[order[k]] = -1;
       }
     }
   };

@@ -1,6 +1,12 @@
-// The exact selection solver: a line-by-line port of legocompile/optimize/solver.py (same float operations in the
-// same order, same sorts and the same tie order), so that C++ and Python choose the same selection on every
-// budget, ties included. Compile without FMA contraction (-ffp-contract=off) and without -ffast-math.
+// The exact selection solver. legocompile/optimize/problem.py defines a total order on the selections that fit a
+// budget: the least accuracy_drop, then latency_ms (both compared as their math.fsum totals), then memory_bytes,
+// then the lexicographically smallest choice. Its minimum is unique, so any exact solver returns the same
+// selection as Python's legocompile/optimize/solver.py on every budget, ties included. This one is a depth-first
+// branch and bound with LP-relaxation bounds (the previous Python solver's, ported) padded by tolerances far above
+// their rounding error, plus a choice-aware tie prune; each leaf is compared exactly in that order (fsum, the
+// same per-block option filter as Python's _filter). Python's current solver uses exact integer staircase bounds,
+// which are faster on adversarial tie-heavy tables; the answers are the same. Compile without FMA contraction
+// (-ffp-contract=off) and without -ffast-math.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +69,7 @@ class PreparedCosts {
   std::optional<Solution> branch_and_bound(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
 
   std::vector<std::vector<Opt>> blocks_;
+  std::vector<int> first_index_;  // per block: the smallest option index left after filtering
   std::vector<Hull> hulls_[3];  // budget-independent hulls, built once (Python builds them on first use)
   double scale_drop_ = 0;
   double tol_factor_ = 0;

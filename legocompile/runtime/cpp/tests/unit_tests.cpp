@@ -116,10 +116,11 @@ void test_fsum() {
   CHECK_EQ(lc::fsum({1e16, 1.0, 1e-16}), 10000000000000002.0);  // Python: math.fsum([1e16, 1., 1e-16])
 }
 
-// The optimum by enumeration: least (fsum drop, fsum latency, memory) among the selections within the bounds.
+// The optimum by enumeration: least (fsum drop, fsum latency, memory, choice) among the selections that fit.
 struct Key {
   double d, l;
   std::int64_t m;
+  std::vector<std::size_t> choice;
 };
 
 bool brute(const lc::CostTable& t, std::optional<double> L, std::optional<std::int64_t> M, Key& best) {
@@ -136,8 +137,8 @@ bool brute(const lc::CostTable& t, std::optional<double> L, std::optional<std::i
     }
     const double l = lc::fsum(ls), d = lc::fsum(ds);
     if ((!L || l <= *L) && (!M || m <= *M)) {
-      const Key k{d, l, m};
-      if (!found || std::tie(k.d, k.l, k.m) < std::tie(best.d, best.l, best.m)) best = k;
+      const Key k{d, l, m, idx};
+      if (!found || std::tie(k.d, k.l, k.m, k.choice) < std::tie(best.d, best.l, best.m, best.choice)) best = k;
       found = true;
     }
     std::size_t b = 0;
@@ -150,11 +151,16 @@ bool brute(const lc::CostTable& t, std::optional<double> L, std::optional<std::i
 void test_solver_against_enumeration() {
   std::mt19937_64 rng(12345);
   int agreed = 0, total = 0;
-  for (int trial = 0; trial < 300; ++trial) {
+  for (int trial = 0; trial < 600; ++trial) {
     const int blocks = 1 + static_cast<int>(rng() % 5);
     const bool coarse = trial % 2 == 0;  // coarse values make ties (exact sums, equal drops)
+    const bool identical = trial % 6 == 4;  // every block the same: ties by permutation
     lc::CostTable table(blocks);
     for (auto& block : table) {
+      if (identical && &block != &table[0]) {
+        block = table[0];
+        continue;
+      }
       const int options = 1 + static_cast<int>(rng() % 5);
       for (int o = 0; o < options; ++o) {
         std::uniform_real_distribution<double> u(0, 1);
@@ -179,7 +185,12 @@ void test_solver_against_enumeration() {
       ++total;
       try {
         const lc::Solution s = prepared.solve(L, M);
-        if (feasible && s.accuracy_drop == want.d && s.latency_ms == want.l && s.memory_bytes == want.m) ++agreed;
+        const std::vector<std::size_t> choice(s.choice.begin(), s.choice.end());
+        if (feasible && s.accuracy_drop == want.d && s.latency_ms == want.l && s.memory_bytes == want.m &&
+            choice == want.choice)
+          ++agreed;
+        else if (agreed + 20 > total)
+          std::fprintf(stderr, "solver differs from enumeration (trial %d, budget %d)\n", trial, k);
       } catch (const lc::SolverInfeasible&) {
         if (!feasible) ++agreed;
       }
@@ -213,7 +224,9 @@ void test_runtime(const std::string& bundle) {
   std::vector<std::pair<std::string, std::string>> other;
   for (const auto& c : original.blocks) other.emplace_back(c.variant, c.precision);
   // The last block's fastest different option, if any: find one via plan() with a tight budget.
-  legocompile::Selection p = rt.plan(legocompile::Budget{}.latency(original.predicted.latency_ms * 0.8));
+  double fastest = 0;
+  CHECK_EQ(lc_min_totals(rt.handle(), &fastest, nullptr), LC_OK);
+  legocompile::Selection p = rt.plan(legocompile::Budget{}.latency(fastest));
   for (std::size_t b = 0; b < blocks; ++b) other[b] = {p.blocks[b].variant, p.blocks[b].precision};
   rt.select(other);
   rt.run(x, batch, ref_b);
