@@ -442,6 +442,7 @@ class PreparedCosts:
 
         d_lo = d_hi = t_lo = t_hi = inc_m = huge
         incumbent: tuple | None = None
+        inc_choice: tuple[int, ...] = ()
         version = 0  # counts incumbent changes
         path = [0] * n  # the option index chosen at each search position
 
@@ -528,13 +529,13 @@ class PreparedCosts:
                 if x > lbm:
                     lbm = x
                 bm = nm + lbm
-                if bm > inc_m or (bm == inc_m and smallest_choice(j - 1, index) >= incumbent[3]):
+                if bm > inc_m or (bm == inc_m and smallest_choice(j - 1, index) >= inc_choice):
                     return None
             return bt
 
         def leaves(pd: int, pt: int, pm: int) -> None:
             """The last block: complete selections."""
-            nonlocal incumbent, d_lo, d_hi, t_lo, t_hi, inc_m, version
+            nonlocal incumbent, d_lo, d_hi, t_lo, t_hi, inc_m, inc_choice, version
             for d, t, m, index in blocks[last]:
                 nt = pt + t
                 nm = pm + m
@@ -550,6 +551,7 @@ class PreparedCosts:
                 d_lo, d_hi = _band(key[0], sd)
                 t_lo, t_hi = _band(key[1], st)
                 inc_m = nm
+                inc_choice = key[3]
                 version += 1
 
         def dfs(k: int, pd: int, pt: int, pm: int) -> None:
@@ -563,12 +565,12 @@ class PreparedCosts:
                 bd = drop_bound(j, nd, nt, nm)
                 if bd is None:
                     continue
-                bt = 0
-                if bd >= d_lo:  # the drop cannot beat the incumbent's
-                    bt = tie_bound(j, nd, nt, nm, index)
-                    if bt is None:
-                        continue
-                branches.append((bd, bt, index, nd, nt, nm, version))
+                if bd < d_lo:
+                    branches.append((bd, 0, index, nd, nt, nm, version))
+                    continue
+                bt = tie_bound(j, nd, nt, nm, index)  # the drop cannot beat the incumbent's: ties
+                if bt is not None:
+                    branches.append((bd, bt, index, nd, nt, nm, version))
             if len(branches) > 1:
                 if incumbent is None:
                     # Before the first incumbent, the branches of least drop bound go first, the least latency bound
