@@ -381,3 +381,21 @@ def test_runtime_uses_an_existing_global_pool(tiny_bundle, tmp_path):
     np.save(tmp_path / "x.npy", tiny_bundle["eval"][0][:2])
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEGOCOMPILE_")}
     assert _run_script(script, str(tiny_bundle["path"]), str(tmp_path / "x.npy"), env=env).strip().endswith("ok")
+
+
+def test_engines_loaded_from_bytes_do_not_keep_the_bytes(tiny_bundle):
+    """ORT's Python session keeps a model given as bytes for its whole life (a second copy of the weights);
+    legocompile hands the bytes over through a sealed in-memory file instead, where the OS has one."""
+    from legocompile.backends.onnxrt.backend import OnnxRuntimeBackend
+    from legocompile.backends.onnxrt.session import _sealed_memfd
+
+    fd = _sealed_memfd(b"probe")
+    if fd is None:
+        pytest.skip("no memfd on this OS: ORT keeps the bytes")
+    os.close(fd)
+    data = (Path(tiny_bundle["path"]) / Runtime.load(tiny_bundle["path"]).blocks[0].option("s0", "fp32").engine).read_bytes()
+    before = sys.getrefcount(data)
+    engine = OnnxRuntimeBackend().load(data)
+    assert sys.getrefcount(data) == before
+    x = tiny_bundle["eval"][0][:2]
+    assert engine.run(x).shape[0] == 2

@@ -3,20 +3,27 @@
 Threading modes (decided once per process by :func:`configure_threads`, which only the Runtime and the profiling
 probe call; a process that merely builds keeps ORT's defaults):
 
-* ``own`` (the default): every engine has its own intra-op pool. ORT's default pools spin after each run, so the
-  idle sessions of a chain steal the cores from the one that runs (measured ~13× the latency of one whole-model
-  session on the 2-core CI machine). legocompile's sessions therefore stop spinning when their run ends
-  (``session.force_spinning_stop``), while still spinning between the kernels of one run. Nothing process-wide is
-  touched, so any other ``onnxruntime.InferenceSession`` in the application keeps working as usual.
+* ``own`` (the default): every engine has its own intra-op pool, with spinning off. ORT's default pools spin after
+  each run, so the idle sessions of a chain steal the cores from the one that runs (measured ~13× the latency of
+  one whole-model session on the 2-core CI machine); spin-waiting threads would also take cycles from the
+  application's own threads. Nothing process-wide is touched, so any other ``onnxruntime.InferenceSession`` in the
+  application keeps working as usual.
 * ``shared`` (opt-in: ``Runtime.load(..., shared_threads=True)`` or ``LEGOCOMPILE_SHARED_THREADPOOL=1``): all
-  legocompile sessions run on ORT's process-wide pool. It cannot be undone, and **after it exists ORT refuses every
-  session that does not opt in** (``use_per_session_threads = False``), including ORT's own calibrators and
-  quantizer, and a plain ``InferenceSession`` elsewhere in the application. Applications that choose it must build
-  their other sessions from :func:`session_options`. ``benchmarks/bench_chain.py`` measures both modes
-  (chain / whole-model-session latency per mode) so the trade-off is a number, not a belief.
+  legocompile sessions run on ORT's process-wide pool, whose threads spin between consecutive blocks instead of
+  sleeping. It cannot be undone, and **after it exists ORT refuses every session that does not opt in**
+  (``use_per_session_threads = False``): ORT's own calibrators and quantizer (so no build in that process), and a
+  plain ``InferenceSession`` elsewhere in the application. Applications that choose it must build their other
+  sessions from :func:`session_options`.
 
-If the application created ORT's global pool itself before loading a bundle, per-session sessions are refused by
-ORT; :func:`create_session` then retries on the global pool.
+``benchmarks/bench_chain.py`` measures chain / whole-model-session latency in each mode, and in a third one kept
+for comparison (``own-spin``: own pools that spin during a run and stop when it ends, ``session.force_spinning_stop``).
+Measured on the 2-core CI machine with an older ORT: own pools without spinning 1.29×, shared pool 1.09×. On a
+loaded machine (other processes wanting the cores) spinning costs far more than it saves: with 2 cores and a load
+of 7, fp32 chain/whole measured 1.16× own, 1.19× shared and 1.55× own-spin, and own was the fastest in absolute
+terms (6.3 ms against 10.8 ms shared and 44 ms own-spin).
+
+If the application created ORT's global pool itself before loading a bundle, ORT refuses per-session pools;
+:func:`create_session` then uses the global pool.
 
 Nothing here monkeypatches ``onnxruntime``.
 """
@@ -96,8 +103,7 @@ def session_options(*, optimization: str = "all", threads: int | None = None, sh
     else:
         so.intra_op_num_threads = threads or _state["threads"] or default_threads()
         so.inter_op_num_threads = 1
-        # spin between the kernels of a run, sleep once the run ends: an idle engine must not steal the cores
-        so.add_session_config_entry("session.force_spinning_stop", "1")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle engines must not take cores
     return so
 
 
@@ -105,20 +111,67 @@ _GLOBAL_POOL_REFUSAL = "global thread pool"
 
 
 def create_session(model: str | Path | bytes, *, threads: int | None = None):
-    """An InferenceSession on the CPU provider with the chaining thread settings (model: a path or ONNX bytes)."""
+    """An InferenceSession on the CPU provider with the chaining thread settings (model: a path or ONNX bytes).
+
+    Bytes are handed to ORT through a sealed in-memory file where the OS has them (Linux ``memfd``), not as a
+    Python ``bytes``: ORT's Python ``InferenceSession`` keeps a model given as bytes for the life of the session
+    (to re-create it on a provider fallback), which would hold a second copy of every engine's weights. Measured on
+    the example, all-fp32 chain over the process's base: 25.7 MB with bytes, 14.5 MB this way (profiled: 14.2 MB).
+    """
     import onnxruntime as ort
 
-    src = model if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
-    if isinstance(src, (bytearray, memoryview)):
-        src = bytes(src)
+    if isinstance(model, (bytearray, memoryview)):
+        model = bytes(model)
+
+    def make(options):
+        if isinstance(model, bytes):
+            return _session_from_bytes(model, options)
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
     try:
-        return ort.InferenceSession(src, session_options(threads=threads), providers=["CPUExecutionProvider"])
+        session = make(session_options(threads=threads))
     except Exception as e:
         if _state["global"] or _GLOBAL_POOL_REFUSAL not in str(e):
             raise
         # someone else in this process created ORT's global pool: per-session pools are refused, so use it
         logger.info("ORT's global thread pool exists in this process; legocompile sessions use it")
-        return ort.InferenceSession(src, session_options(shared=True), providers=["CPUExecutionProvider"])
+        session = make(session_options(shared=True))
+    session.disable_fallback()  # CPU only: nothing to fall back to, and a bytes model could not be re-created
+    return session
+
+
+def _session_from_bytes(data: bytes, options):
+    import onnxruntime as ort
+
+    fd = _sealed_memfd(data)
+    if fd is None:  # no memfd here: ORT keeps this copy of the bytes as long as the session
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(f"/proc/self/fd/{fd}", options, providers=["CPUExecutionProvider"])
+    finally:
+        os.close(fd)  # ORT has read it; the in-memory file goes with its last descriptor
+
+
+def _sealed_memfd(data: bytes) -> int | None:
+    """A read-only (sealed) in-memory file holding ``data``, or None where the OS has none."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    import fcntl
+
+    try:
+        fd = os.memfd_create("legocompile-engine", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def ort_compat():
