@@ -172,15 +172,3 @@ def _sealed_memfd(data: bytes) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def ort_compat():
-    """Deprecated no-op, kept only until ``legocompile/pipeline.py`` stops importing it; delete both together.
-
-    It used to swap ``onnxruntime.SessionOptions`` module-wide. legocompile no longer patches onnxruntime: in the
-    default threading mode nothing needs it, and in the opt-in ``shared`` mode code that builds its own sessions
-    must start from :func:`session_options`.
-    """
-    import contextlib
-
-    return contextlib.nullcontext()
