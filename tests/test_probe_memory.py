@@ -50,3 +50,19 @@ def test_memory_is_repeatable_and_ordered_by_pruning(engines):
         assert a >= first[name]["initializer_bytes"] > 0
     for run in (first, second):
         assert run["original"]["memory_bytes"] > run["pruned"]["memory_bytes"] > run["pruned-more"]["memory_bytes"]
+
+
+def test_unsteady_memory_is_measured_again_in_a_new_process(monkeypatch):
+    from legocompile.profile import probe
+
+    unsteady = {"memory_bytes": 2_300_000, "initializer_bytes": 1, "per_engine_deltas": [1_550_000, 2_500_000] * 4}
+    steady = {"memory_bytes": 1_560_000, "initializer_bytes": 1, "per_engine_deltas": [1_550_000, 1_570_000] * 4}
+    monkeypatch.setattr(probe, "_memory_child", lambda *a: unsteady)  # the forked child sees this
+    spawned = []
+    monkeypatch.setattr(probe, "_memory_spawned", lambda args: spawned.append(args) or steady)
+    engine = {"path": "e.onnx", "input_shape": [1, 2], "output_shape": [1, 2]}
+    (m,) = probe._measure_memory_forked([engine], 2)
+    assert m["memory_bytes"] == 1_560_000 and m["attempts"] == 2 and len(spawned) == 1
+    monkeypatch.setattr(probe, "_memory_child", lambda *a: steady)
+    (m,) = probe._measure_memory_forked([engine], 2)
+    assert m["attempts"] == 1 and len(spawned) == 1  # steady at once: no second process
