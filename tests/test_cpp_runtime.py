@@ -46,10 +46,12 @@ def _keys(selection) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------------ bundles
 def synthetic_bundle(root: Path, seed: int, *, blocks: int, variants: int, precisions=("fp32", "int8"),
                      coarse: bool = False, excluded: float = 0.15, overhead: float = 0.0,
-                     negative: bool = False) -> Path:
+                     negative: bool = False, drops: str | None = None) -> Path:
     """A bundle with fake engine bytes and random profiles (the optimizer never loads an engine).
 
     ``coarse`` draws latencies, memory and drops from small grids, so that many selections tie exactly.
+    ``drops="zero"`` or ``"q360"``: the optimizer benchmark's adversarial families (latency rising as memory falls
+    within each block, drops all zero or random multiples of 1/360): ties on drop everywhere.
     """
     rng = np.random.default_rng(seed)
     src = root.parent / f"{root.name}-src"
@@ -70,7 +72,12 @@ def synthetic_bundle(root: Path, seed: int, *, blocks: int, variants: int, preci
                 (src / f"{name}-{variant}-{p}").write_bytes(data)
                 files[rel] = src / f"{name}-{variant}-{p}"
                 original = v == 0 and p == "fp32"
-                if coarse:
+                if drops is not None:
+                    k = v * len(precisions) + precisions.index(p)
+                    lat = 0.05 + 0.1 * k + float(rng.uniform(0, 0.05))
+                    mem = 8_000_000 - 500_000 * k - int(rng.integers(0, 100_000))
+                    drop = 0.0 if original or drops == "zero" else int(rng.integers(0, 4)) / 360
+                elif coarse:
                     lat = 0.25 * int(rng.integers(1, 9))
                     mem = 1000 * int(rng.integers(1, 7))
                     drop = 0.0 if original else 0.005 * int(rng.integers(0, 6))
@@ -152,17 +159,19 @@ def _parity(path: Path, count: int, seed: int) -> dict:
 
 
 @needs_cpp
-@pytest.mark.parametrize("kind", ["random", "ties", "negative-drops", "large"])
+@pytest.mark.parametrize("kind", ["random", "ties", "negative-drops", "large", "zero-drops", "q360-drops"])
 def test_same_selection_as_python_on_random_budgets(cpp_lib, tmp_path, kind):
     """>= 1000 budgets over the four tables (latency only, memory only, both); infeasible ones raise the same
     InfeasibleBudgetError with the same message."""
     shapes = {"random": dict(blocks=8, variants=3, overhead=0.05),
               "ties": dict(blocks=6, variants=3, coarse=True, precisions=("fp32", "fp16", "int8")),
               "negative-drops": dict(blocks=5, variants=2, negative=True, excluded=0.3),
-              "large": dict(blocks=12, variants=5, precisions=("fp32", "fp16", "int8"), overhead=0.02)}
+              "large": dict(blocks=12, variants=5, precisions=("fp32", "fp16", "int8"), overhead=0.02),
+              "zero-drops": dict(blocks=10, variants=4, drops="zero", excluded=0.0),
+              "q360-drops": dict(blocks=10, variants=4, drops="q360", excluded=0.0)}
     path = synthetic_bundle(tmp_path / "bundle", seed=len(kind), **shapes[kind])
-    counts = _parity(path, 300, seed=7)
-    assert counts["same"] >= 200 and counts["infeasible"] >= 1, counts
+    counts = _parity(path, 300 if kind in ("random", "ties", "negative-drops", "large") else 150, seed=7)
+    assert counts["same"] >= 100 and counts["infeasible"] >= 1, counts
 
 
 @needs_cpp

@@ -308,13 +308,14 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
   }
   exact_drop_ = sums_exactly(drops);
   exact_latency_ = sums_exactly(lats);
-  for (int kind = 0; kind < 3; ++kind) {
+  for (int kind = 0; kind < 4; ++kind) {
     for (std::size_t b = 0; b < blocks_.size(); ++b) {
       std::vector<std::pair<double, double>> points;
       for (const Opt& o : blocks_[b]) {
         if (kind == 0) points.emplace_back(o.drop, o.lat);
         if (kind == 1) points.emplace_back(o.drop, static_cast<double>(o.mem));
         if (kind == 2) points.emplace_back(static_cast<double>(o.mem), o.lat);
+        if (kind == 3) points.emplace_back(o.lat, static_cast<double>(o.mem));
       }
       hulls_[kind].push_back(make_hull(static_cast<int>(b), points));
     }
@@ -555,6 +556,9 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
   }
   const bool joint = has_lat && has_mem;
   if (joint) lp_f = suffix_lp(in_order(cached_hulls(2)));
+  // The least latency of a completion within the memory left (LP): the tie-break bound when drops tie.
+  LP lp_lm;
+  if (has_mem) lp_lm = suffix_lp(in_order(cached_hulls(3)));
 
   const double scale_d = scale_drop_;
   const double scale_l = max_latency_ms + cap_l;
@@ -565,6 +569,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
   const double tol_f = tol * 4 * (scale_m + (joint ? lp_f.max_rate * scale_l : 0.0));
   const double tol_lp_l = tol * 4 * (scale_d + mu * scale_m + (has_lat ? lp_l.max_rate * scale_l : 0.0));
   const double tol_lp_m = tol * 4 * (scale_d + lam * scale_l + (has_mem ? lp_m.max_rate * scale_m : 0.0));
+  const double tol_lm = tol * 4 * (scale_l + (has_mem ? lp_lm.max_rate * scale_m : 0.0));
   const double const_r = lam * cap_l + mu * static_cast<double>(cap_m);
   std::vector<double> rest_r_all;
   for (double s : suf_r) rest_r_all.push_back(s - const_r);
@@ -601,7 +606,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
   // A branch that cannot beat the incumbent in drop, latency or memory, and cannot lead to a smaller choice, can
   // at best tie it: prune it (keeps tie-heavy tables from exploring every permutation of equal options).
   auto only_ties = [&](double bound_d, double lat_bound, std::int64_t mem_bound, int b, int index) {
-    return have_choice && bound_d - tol_d >= best_d && lat_bound - tol_l >= best_l && mem_bound >= best_m &&
+    return have_choice && bound_d - tol_d >= best_d && lat_bound >= best_l && mem_bound >= best_m &&
            !smaller_choice_possible(b, index);
   };
 
@@ -629,6 +634,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
     double bound, bound_d, n_d, n_l;
     std::int64_t n_m;
     double q_r;
+    double lat_lb;
     const X* x;
   };
   std::vector<std::vector<Child>> children_at(n);
@@ -643,6 +649,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
     const double w0_l = has_lat ? lp_l.w0[k1] - cap_l : 0.0;
     const double w0_m = has_mem ? lp_m.w0[k1] - static_cast<double>(cap_m) : 0.0;
     const double w0_f = joint ? lp_f.w0[k1] - cap_l : 0.0;
+    const double w0_lm = has_mem ? lp_lm.w0[k1] - static_cast<double>(cap_m) : 0.0;
     const bool at_leaf = k == last;
     std::vector<Child>& children = children_at[k];
     children.clear();
@@ -673,13 +680,19 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
         const double lp = lp_at(lp_f, k1, w0_f + n_l);
         if (static_cast<double>(n_m) + lp > lim_f) continue;
       }
-      if (bound_d - tol_d >= best_d && n_l + rest_l - tol_l > best_l) continue;
-      if (only_ties(bound_d, n_l + rest_l, n_m + suf_m[k1], order[k], x.index)) continue;
+      // A lower bound on the completions' latency, padded below by its rounding error.
+      double lat_lb = n_l + rest_l - tol_l;
+      if (has_mem) {
+        const double lp = n_l + lp_at(lp_lm, k1, w0_lm + static_cast<double>(n_m)) - tol_lm;
+        if (lp > lat_lb) lat_lb = lp;
+      }
+      if (bound_d - tol_d >= best_d && lat_lb > best_l) continue;
+      if (only_ties(bound_d, lat_lb, n_m + suf_m[k1], order[k], x.index)) continue;
       if (at_leaf) {
         path[k] = &x;
         leaf(n_m);
       } else {
-        children.push_back({bound > bound_d ? bound : bound_d, bound_d, n_d, n_l, n_m, q_r, &x});
+        children.push_back({bound > bound_d ? bound : bound_d, bound_d, n_d, n_l, n_m, q_r, lat_lb, &x});
       }
     }
     if (!children.empty()) {
@@ -687,8 +700,8 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
                        [](const Child& a, const Child& b) { return a.bound < b.bound; });
       for (const Child& c : children) {
         if (c.bound > best_d + tol_any) break;
-        if (c.bound_d - tol_d >= best_d && c.n_l + rest_l - tol_l > best_l) continue;
-        if (only_ties(c.bound_d, c.n_l + rest_l, c.n_m + suf_m[k1], order[k], c.x->index)) continue;
+        if (c.bound_d - tol_d >= best_d && c.lat_lb > best_l) continue;
+        if (only_ties(c.bound_d, c.lat_lb, c.n_m + suf_m[k1], order[k], c.x->index)) continue;
         path[k] = c.x;
         fixed[order[k]] = c.x->index;
         self(self, k1, c.n_d, c.n_l, c.n_m, c.q_r);

@@ -64,13 +64,13 @@ class PreparedCosts {
     double mu;
     std::vector<std::vector<int>> selections;
   };
-  const std::vector<Hull>& cached_hulls(int kind) const;  // 0 latency, 1 memory, 2 least memory
+  const std::vector<Hull>& cached_hulls(int kind) const;  // 0 latency, 1 memory, 2 least memory, 3 least latency
   std::optional<Multipliers> multipliers(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
   std::optional<Solution> branch_and_bound(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
 
   std::vector<std::vector<Opt>> blocks_;
   std::vector<int> first_index_;  // per block: the smallest option index left after filtering
-  std::vector<Hull> hulls_[3];  // budget-independent hulls, built once (Python builds them on first use)
+  std::vector<Hull> hulls_[4];  // budget-independent hulls: (drop, lat), (drop, mem), (mem, lat), (lat, mem)
   double scale_drop_ = 0;
   double tol_factor_ = 0;
   bool exact_drop_ = false;
