@@ -144,6 +144,26 @@ def worker(job: dict) -> dict:
         results[name] = r
 
     if job["extras"]:
+        # the wrapper's cost alone: one small engine (the last block's, int8), public call vs private call
+        rt.select(selection=selections["all-int8"])
+        engine = rt._plan.engines[-1].engine
+        b = rt.manifest.blocks[-1]
+        src1, dst1 = be.allocate((1, *b.input.shape[1:])), be.allocate((1, *b.output.shape[1:]))
+        public = engine.bind(src1, dst1)
+        import onnxruntime as ort
+
+        from legocompile.export import INPUT_NAME, OUTPUT_NAME
+
+        binding = engine.session.io_binding()
+        binding.bind_ortvalue_input(INPUT_NAME, src1.value)
+        binding.bind_ortvalue_output(OUTPUT_NAME, dst1.value)
+        native, opts, private_run = binding._iobinding, ort.RunOptions(), engine.session._sess.run_with_iobinding
+        t = interleaved({"public": public, "private": lambda: private_run(native, opts)}, warmup=warmup,
+                        runs=runs * 5)
+        results["iobinding_one_engine"] = {
+            "public": t["public"], "private": t["private"],
+            "public_minus_private_us": (t["public"]["median_ms"] - t["private"]["median_ms"]) * 1e3}
+
         import torch
 
         from legocompile.examples import load_example_model
@@ -249,6 +269,10 @@ def main() -> None:
         for mode, res in per_mode.items():
             print(f"[{mode}]")
             for name, r in res.items():
+                if name == "iobinding_one_engine":
+                    print(f"  one engine: public IOBinding call {r['public']['median_ms'] * 1e3:.1f} us, private"
+                          f" {r['private']['median_ms'] * 1e3:.1f} us: {r['public_minus_private_us']:+.1f} us per engine run")
+                    continue
                 line = f"  {name:13s} chain {r['chain']['median_ms']:.3f} ms  predicted {r['predicted_ms']:.3f} ms"
                 if "whole_session" in r:
                     line += f"  whole {r['whole_session']['median_ms']:.3f} ms  chain/whole {r['chain_over_whole']:.3f}"
