@@ -9,8 +9,8 @@ profile batch size, in the Runtime's threading mode. For each engine the probe f
 session or thread exists. The child reads the engine's bytes and loads it from them, as the Runtime does. It loads
 two instances first (paging in ORT's code and process-wide state, paid once per process). Then it loads eight
 more, one at a time, and reads the resident set size (``/proc/self/statm``) after each. Each instance is loaded,
-bound to preallocated boundary buffers, and run three times, which sizes its activation arena and plans its memory
-pattern. The figure is the median of the eight increments. If they spread by more than 25% of it (seen rarely:
+bound to preallocated boundary buffers, and run ten times, which sizes its activation arena, plans its memory
+pattern and lets its pool thread take part. The figure is the median of the eight increments. If they spread by more than 25% of it (seen rarely:
 one process's layout made every other instance of an engine cost 60% more), the engine is measured again in a new
 process, twice at most, and the steadiest measurement counts. So it covers the weights as ORT keeps them (prepacked
 layouts included), the session's own structures and per-session threads, and the touched part of the activation
@@ -23,6 +23,12 @@ touched) changed from process to process. Figures of one engine then varied by u
 could measure above their originals. With it, two probe runs of the example's engines agree within 2%. The
 initializer bytes are reported beside the figure (``memory_detail``) as its explainable floor. For the example
 the figure is the weights plus 0.3 to 0.8 MB per engine: ORT's session structures, the arena and one pool thread.
+
+Known limits. Under CPU contention ORT's pool thread may sit out an engine's runs and never touch its buffers:
+with four busy processes on 2 cores, small engines measured up to 60 KB (10%) lower. Profile on a quiet machine.
+A pruned variant can really cost more than its original: with channel counts that are not a multiple of 8, ORT
+leaves its blocked (NCHWc) convolutions for im2col ones with a scratch buffer. Swapping the example's
+``conv1-layer1.0`` to its 0.4 variant (19 channels) added 0.3 MB in a running Runtime, as profiled.
 
 **Latency in context**: after the memory children, the probe configures ORT threading like the Runtime. A chain of
 original engines of the same precision runs on real input, with one block swapped for the engine being measured,
@@ -63,6 +69,7 @@ def _rss_bytes() -> int:
 MEMORY_METHOD = "rss-slope-trimmed-v1"  # what memory_bytes means; see the module docstring
 MEMORY_WARM = 2  # instances loaded before the first reading
 MEMORY_STEPS = 8  # readings after those, one more instance each
+MEMORY_RUNS = 10  # runs of each instance before the reading
 MEMORY_UNSTEADY = 0.25  # increments spread wider than this (relative to their median): measure again
 MEMORY_RETRIES = 2  # in new processes
 
@@ -98,7 +105,7 @@ def _memory_child(path: str, shape: list[int], out_shape: list[int], threads: in
         run = engine.bind(src, dst)
         # The Runtime gives the heap's free pages back after loading, before the first call (see the docstring)
         release_free_heap()
-        for _ in range(3):  # the first runs size the arena and plan the memory pattern; then it is steady
+        for _ in range(MEMORY_RUNS):  # size the arena, plan the memory pattern, let the pool threads take part
             run()
         held.append((engine, run))
 
