@@ -18,6 +18,11 @@ Each keep-warm setting runs in its own process, on the same budget sequence:
 * ``keep_warm_mb=<all>``: enough to keep every engine ever selected (the old behaviour), so after a while switches
   load nothing: the warm switch latency.
 
+On the example most budgets lead to one of a few selections (its accuracy drops are all 0, so the optimizer's
+choice depends on little), so a third run switches among random explicit selections (one option per block, drawn
+uniformly; ``keep_warm_mb=0``): nearly every switch loads and unloads engines, which is what shows a leak, if any,
+as RSS drifting away from the prediction.
+
 Switch latency is ``rt.select(...)`` (optimizer, reading and checking the engines' bytes, loading them, freeing the
 old ones), split by whether it had to load an engine (cold) or not (warm), plus the first call after the switch
 (bindings and arenas are made then) against a steady call.
@@ -99,7 +104,13 @@ def worker(job: dict) -> dict:
     manifest = read_bundle(bundle)
     all_bytes = sum(o.memory_bytes for b in manifest.blocks for o in b.options)
     keep_warm_mb = all_bytes / 1e6 + 1 if job["keep_warm"] == "all" else float(job["keep_warm"])
-    budgets = _budgets(manifest, job["switches"], job["seed"])
+    random_selections = job["workload"] == "random-selections"
+    if random_selections:  # one option per block, uniformly: every switch changes engines
+        pick = np.random.default_rng(job["seed"])
+        budgets = [[(o.variant, o.precision) for o in (b.options[pick.integers(len(b.options))] for b in manifest.blocks)]
+                   for _ in range(job["switches"])]
+    else:
+        budgets = _budgets(manifest, job["switches"], job["seed"])
     del manifest
     gc.collect()
     release_free_heap()
@@ -121,10 +132,11 @@ def worker(job: dict) -> dict:
 
     rng = np.random.default_rng(job["seed"] + 1)
     rows = []
-    for i, (lat, mem) in enumerate(budgets):
+    for i, budget in enumerate(budgets):
+        lat, mem = (None, None) if random_selections else budget
         loads = rt.loads
         t0 = time.perf_counter()
-        sel = rt.select(latency_ms=lat, memory_mb=mem)
+        sel = rt.select(selection=budget) if random_selections else rt.select(latency_ms=lat, memory_mb=mem)
         switch_ms = (time.perf_counter() - t0) * 1e3
         loaded = rt.loads - loads
         x = np.ascontiguousarray(ex[rng.integers(len(ex))][None])
@@ -144,7 +156,7 @@ def worker(job: dict) -> dict:
             "switch_ms": switch_ms, "first_call_ms": first_call_ms, "steady_call_ms": float(np.median(calls)),
             "selection_memory_bytes": sel.memory_bytes, "warm_bytes": rt.warm_bytes,
             "loaded_engines": len(rt.loaded_engines()), "rss_bytes": rss, "predicted_rss_bytes": predicted,
-            "within_budget": rss <= base_ort + mem * 1e6 + rt.keep_warm_bytes,
+            "over_budget_bytes": None if mem is None else rss - (base_ort + mem * 1e6 + rt.keep_warm_bytes),
         })
 
     cold = [r for r in rows if r["engines_loaded"]]
@@ -155,13 +167,19 @@ def worker(job: dict) -> dict:
         "keep_warm_mb": keep_warm_mb,
         "base_nothing_selected_mb": base_nothing / 1e6,
         "base_ort_mb": base_ort / 1e6,
+        "workload": job["workload"],
         "final": {"rss_mb": last["rss_bytes"] / 1e6, "predicted_mb": last["predicted_rss_bytes"] / 1e6,
                   "memory_budget_mb": last["memory_budget_mb"], "selection_mb": last["selection_memory_bytes"] / 1e6,
                   "warm_mb": last["warm_bytes"] / 1e6, "loaded_engines": last["loaded_engines"],
                   "rss_minus_base_mb": (last["rss_bytes"] - base_ort) / 1e6},
         "rss_minus_predicted_mb": _stats(err),
         "rss_over_predicted": _stats([r["rss_bytes"] / r["predicted_rss_bytes"] for r in rows]),
-        "switches_within_budget": sum(r["within_budget"] for r in rows),
+        "switches_within_budget": (None if random_selections else
+                                   sum(r["over_budget_bytes"] <= 0 for r in rows)),
+        "max_over_budget_mb": None if random_selections else max(r["over_budget_bytes"] for r in rows) / 1e6,
+        # a leak would make RSS drift away from the prediction as switches go on
+        "rss_minus_predicted_first_quarter_mb": float(np.median(err[: max(1, len(err) // 4)])),
+        "rss_minus_predicted_last_quarter_mb": float(np.median(err[-max(1, len(err) // 4):])),
         "max_rss_mb": max(r["rss_bytes"] for r in rows) / 1e6,
         "switch_ms": {"cold": _stats([r["switch_ms"] for r in cold]), "warm": _stats([r["switch_ms"] for r in warm]),
                       "cold_per_engine_loaded": _stats([r["switch_ms"] / r["engines_loaded"] for r in cold])},
@@ -243,6 +261,8 @@ def main() -> None:
     ap.add_argument("--keep-warm", default="0,all", help="comma-separated keep_warm_mb settings ('all': every engine)")
     ap.add_argument("--second-bundle", help="another build of the example, to compare memory profiles with")
     ap.add_argument("--no-profile-check", action="store_true", help="skip re-measuring the memory profiles")
+    ap.add_argument("--no-random-selections", action="store_true",
+                    help="skip the second workload (random explicit selections, keep_warm_mb=0)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -262,13 +282,16 @@ def main() -> None:
 
         m = read_bundle(bundle)
         settings = {}
-        for kw in [s for s in args.keep_warm.split(",") if s]:
+        phases = [("budgets", kw) for kw in args.keep_warm.split(",") if kw]
+        if not args.no_random_selections:
+            phases.append(("random-selections", "0"))
+        for workload, kw in phases:
             job = {"bundle": str(bundle), "keep_warm": kw, "switches": args.switches, "calls": args.calls,
-                   "threads": args.threads, "seed": args.seed}
+                   "threads": args.threads, "seed": args.seed, "workload": workload}
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise SystemExit(f"worker keep_warm={kw} failed:\n{proc.stderr[-3000:]}")
-            settings[f"keep_warm={kw}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+                raise SystemExit(f"worker {workload} keep_warm={kw} failed:\n{proc.stderr[-3000:]}")
+            settings[f"{workload}, keep_warm={kw}"] = json.loads(proc.stdout.strip().splitlines()[-1])
         check = None if args.no_profile_check else profile_check(
             bundle, Path(args.second_bundle) if args.second_bundle else None, args.threads)
         doc = {
@@ -284,13 +307,19 @@ def main() -> None:
         write_json(args.out, doc)
         for name, r in settings.items():
             f = r["final"]
+            budget = "" if f["memory_budget_mb"] is None else f"; budget {f['memory_budget_mb']:.1f} MB"
             print(f"[{name}] base {r['base_nothing_selected_mb']:.1f} MB (nothing selected), {r['base_ort_mb']:.1f} MB"
                   f" (ORT paged in); after {args.switches} switches RSS {f['rss_mb']:.1f} MB vs predicted "
-                  f"{f['predicted_mb']:.1f} MB (selection {f['selection_mb']:.1f} + warm {f['warm_mb']:.1f}; budget "
-                  f"{f['memory_budget_mb']:.1f} MB), {f['loaded_engines']} engines loaded; max RSS {r['max_rss_mb']:.1f} MB")
+                  f"{f['predicted_mb']:.1f} MB (selection {f['selection_mb']:.1f} + warm {f['warm_mb']:.1f}{budget}),"
+                  f" {f['loaded_engines']} engines loaded; max RSS {r['max_rss_mb']:.1f} MB")
             e = r["rss_minus_predicted_mb"]
-            print(f"    RSS - predicted: median {e['median']:+.2f} MB, max {e['max']:+.2f}, min {e['min']:+.2f};"
-                  f" within base + budget on {r['switches_within_budget']}/{args.switches} switches")
+            line = (f"    RSS - predicted: median {e['median']:+.2f} MB, max {e['max']:+.2f}, min {e['min']:+.2f}"
+                    f" (first quarter {r['rss_minus_predicted_first_quarter_mb']:+.2f}, last quarter"
+                    f" {r['rss_minus_predicted_last_quarter_mb']:+.2f})")
+            if r["switches_within_budget"] is not None:
+                line += (f"; RSS within base + budget on {r['switches_within_budget']}/{args.switches} switches,"
+                         f" at most {r['max_over_budget_mb']:+.2f} MB over")
+            print(line)
             s = r["switch_ms"]
             line = "    switch: "
             if s["cold"]["n"]:
