@@ -7,10 +7,10 @@ exports the whole model to one ONNX, then at batch 1, with the same intra-op thr
 * **C++ chain, inside the library** (``lc_measure``, no Python in the loop): the time of one ``lc_run`` call, each
   engine's time inside the chain, and the runtime's own overhead per call = call time - the sum of that call's
   engine times (median over calls; it includes the clock reads around each engine, ~20 ns each). Target: <= 10 us.
-* **C++ chain from Python** (``CppRuntime.__call__``, ctypes): its time per call minus the same engine sum.
-* **Python runtime** (``Runtime.__call__``): its time per call minus its engines' sum, measured the same way (each
-  bound engine timed inside a chain loop).
-* **Whole model**: one ORT session of the whole model (the Runtime's session settings, IOBinding), per call.
+* **Interleaved, from Python** (``_common.interleaved``, so machine drift hits all alike): the C++ chain through
+  ctypes (``CppRuntime.__call__``), the Python runtime (``Runtime.__call__``) and one ORT session of the whole model
+  (the Runtime's session settings, IOBinding); the Python runtime's extra cost per call over the C++ one is the
+  difference of their medians in that run. One bare ctypes call is timed too (what any Python caller adds).
 * **Switching**: ``select`` between two explicit selections whose engines stay loaded (``keep_warm_mb``): the warm
   switch (no engine loads); and with ``keep_warm_mb=0`` (each switch loads the engines it needs from the bundle).
 
@@ -32,19 +32,16 @@ import numpy as np
 from _common import interleaved, machine_info, write_json
 
 
-def _python_engine_ns(rt, x: np.ndarray, calls: int) -> list[float]:
-    """Median time (ns) of each bound engine of the Python runtime's current plan, timed inside a chain loop."""
-    rt(x)  # binds this thread's buffers
-    bufs = rt._buffer_set(x.shape[0])
-    runs = rt._plan.runs_for(bufs)
-    samples = [[] for _ in runs]
-    clock = time.perf_counter_ns
+def _ctypes_call_us(cc, calls: int = 20000) -> float:
+    """One bare ctypes call into the library (lc_engine_loads), in microseconds."""
+    import ctypes
+
+    fn, h, out = cc._lib.lc_engine_loads, cc._handle(), ctypes.c_int64()
+    ref = ctypes.byref(out)
+    t0 = time.perf_counter()
     for _ in range(calls):
-        for i, run in enumerate(runs):
-            t0 = clock()
-            run()
-            samples[i].append(clock() - t0)
-    return [float(np.median(s)) for s in samples]
+        fn(h, ref)
+    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def _switch_us(rt, a, b, rounds: int) -> float:
@@ -63,7 +60,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per engine (all variants)")
     ap.add_argument("--max-blocks", type=int, default=8)
-    ap.add_argument("--bundle", help="use this bundle of the example instead of building one")
+    ap.add_argument("--bundle", help="the example's bundle: reused when it exists, else built there (kept)")
     args = ap.parse_args()
 
     import torch
@@ -86,12 +83,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lc-bench-cpp-"))
     try:
         t0 = time.perf_counter()
-        if args.bundle:
-            bundle = Path(args.bundle)
-        else:
+        bundle = Path(args.bundle) if args.bundle else tmp / "bundle"
+        if not (bundle / "manifest.json").is_file():
             bundle = legocompile.compile(
                 model, np.zeros(EXAMPLE_INPUT_SHAPE, np.float32), calibration_data=calib, eval_data=(ex, ey),
-                out=tmp / "bundle", work_dir=tmp / "work", precisions=("fp32", "int8"), model_name="resnet18_digits",
+                out=bundle, work_dir=tmp / "work", precisions=("fp32", "int8"), model_name="resnet18_digits",
                 profile=ProfileConfig(threads=args.threads, runs=100, warmup=20), max_blocks=args.max_blocks,
             )
         build_s = time.perf_counter() - t0
@@ -115,20 +111,16 @@ def main() -> None:
             cc.select(selection=selection)
             np.testing.assert_allclose(cc(x), py(x), rtol=1e-4, atol=1e-4)
             inside = cc.measure(x, rounds=9, iters=max(50, args.runs // 9))
-            py_engines = _python_engine_ns(py, x, args.runs)
             timing = interleaved({"cpp_ctypes": lambda: cc(x), "python": lambda: py(x), "whole": run_whole},
                                  warmup=args.warmup, runs=args.runs)
-            cpp_engines_ms = sum(inside["block_ns"]) / 1e6
             results[name] = {
-                "cpp_in_library": {"chain_ms": inside["chain_ns"] / 1e6, "engines_sum_ms": cpp_engines_ms,
+                "cpp_in_library": {"chain_ms": inside["chain_ns"] / 1e6, "engines_sum_ms": sum(inside["block_ns"]) / 1e6,
                                    "overhead_us": inside["overhead_ns"] / 1e3,
                                    "engine_ms": [v / 1e6 for v in inside["block_ns"]]},
-                "cpp_from_python": {**timing["cpp_ctypes"],
-                                    "overhead_us": (timing["cpp_ctypes"]["median_ms"] - cpp_engines_ms) * 1e3},
-                "python_runtime": {**timing["python"], "engines_sum_ms": sum(py_engines) / 1e6,
-                                   "overhead_us": (timing["python"]["median_ms"] - sum(py_engines) / 1e6) * 1e3},
-                "whole_session": timing["whole"],
-                "cpp_chain_over_whole": inside["chain_ns"] / 1e6 / timing["whole"]["median_ms"],
+                "interleaved": timing,
+                "python_minus_cpp_us": (timing["python"]["median_ms"] - timing["cpp_ctypes"]["median_ms"]) * 1e3,
+                "cpp_over_whole": timing["cpp_ctypes"]["median_ms"] / timing["whole"]["median_ms"],
+                "python_over_whole": timing["python"]["median_ms"] / timing["whole"]["median_ms"],
             }
 
         a, b = [("s0", "fp32")] * n, [("s0", "int8")] * n
@@ -155,6 +147,7 @@ def main() -> None:
                          "warmup": args.warmup, "build_seconds": round(build_s, 1),
                          "library_seconds": round(lib_s, 1), "library": str(lib)},
             "per_selection": results,
+            "ctypes_call_us": _ctypes_call_us(cc),
             "switch_us": {"cpp_warm_explicit": warm_us, "cpp_cold_explicit": cold_us,
                           "python_warm_explicit": py_warm_us, "cpp_warm_budget": float(np.median(budget_us))},
             "targets": {"cpp_overhead_us_max": 10.0},
@@ -163,11 +156,12 @@ def main() -> None:
         print(f"{doc['machine']['processor']}, {n} blocks, batch 1, {args.threads} thread(s), "
               f"load {doc['machine']['load_average_1m']}")
         for name, r in results.items():
-            print(f"{name}: C++ chain {r['cpp_in_library']['chain_ms']:.4f} ms = engines "
-                  f"{r['cpp_in_library']['engines_sum_ms']:.4f} ms + overhead {r['cpp_in_library']['overhead_us']:.2f} us"
-                  f" | from Python {r['cpp_from_python']['median_ms']:.4f} ms (+{r['cpp_from_python']['overhead_us']:.1f} us)"
-                  f" | Python runtime {r['python_runtime']['median_ms']:.4f} ms (+{r['python_runtime']['overhead_us']:.1f} us)"
-                  f" | whole session {r['whole_session']['median_ms']:.4f} ms")
+            c, t = r["cpp_in_library"], r["interleaved"]
+            print(f"{name}: C++ chain {c['chain_ms']:.4f} ms = engines {c['engines_sum_ms']:.4f} ms + overhead "
+                  f"{c['overhead_us']:.2f} us/call | interleaved medians: C++ via ctypes {t['cpp_ctypes']['median_ms']:.4f}"
+                  f" ms, Python runtime {t['python']['median_ms']:.4f} ms (+{r['python_minus_cpp_us']:.1f} us), "
+                  f"whole-model session {t['whole']['median_ms']:.4f} ms")
+        print(f"one bare ctypes call: {doc['ctypes_call_us']:.2f} us")
         s = doc["switch_us"]
         print(f"switch: C++ warm {s['cpp_warm_explicit']:.1f} us, budget {s['cpp_warm_budget']:.1f} us, "
               f"cold {s['cpp_cold_explicit']:.0f} us; Python warm {s['python_warm_explicit']:.1f} us")

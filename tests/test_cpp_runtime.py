@@ -161,7 +161,7 @@ def _parity(path: Path, count: int, seed: int) -> dict:
 @needs_cpp
 @pytest.mark.parametrize("kind", ["random", "ties", "negative-drops", "large", "zero-drops", "q360-drops"])
 def test_same_selection_as_python_on_random_budgets(cpp_lib, tmp_path, kind):
-    """>= 1000 budgets over the four tables (latency only, memory only, both); infeasible ones raise the same
+    """1000 budgets over the six tables (latency only, memory only, both); infeasible ones raise the same
     InfeasibleBudgetError with the same message."""
     shapes = {"random": dict(blocks=8, variants=3, overhead=0.05),
               "ties": dict(blocks=6, variants=3, coarse=True, precisions=("fp32", "fp16", "int8")),
@@ -170,15 +170,16 @@ def test_same_selection_as_python_on_random_budgets(cpp_lib, tmp_path, kind):
               "zero-drops": dict(blocks=10, variants=4, drops="zero", excluded=0.0),
               "q360-drops": dict(blocks=10, variants=4, drops="q360", excluded=0.0)}
     path = synthetic_bundle(tmp_path / "bundle", seed=len(kind), **shapes[kind])
-    counts = _parity(path, 300 if kind in ("random", "ties", "negative-drops", "large") else 150, seed=7)
-    assert counts["same"] >= 100 and counts["infeasible"] >= 1, counts
+    budgets = {"random": 250, "ties": 250, "negative-drops": 150, "large": 150, "zero-drops": 100, "q360-drops": 100}
+    counts = _parity(path, budgets[kind], seed=7)
+    assert counts["same"] >= budgets[kind] // 2 and counts["infeasible"] >= 1, counts
 
 
 @needs_cpp
 def test_same_selection_as_python_on_the_tiny_bundles(cpp_lib, tiny_bundle, tmp_path):
-    counts = _parity(tiny_bundle["path"], 150, seed=1)
-    more = _parity(variant_like_bundle(tiny_bundle["path"], tmp_path / "variants"), 150, seed=2)
-    assert counts["same"] >= 100 and more["same"] >= 100 and counts["infeasible"] and more["infeasible"], (counts, more)
+    counts = _parity(tiny_bundle["path"], 100, seed=1)
+    more = _parity(variant_like_bundle(tiny_bundle["path"], tmp_path / "variants"), 100, seed=2)
+    assert counts["same"] >= 60 and more["same"] >= 60 and counts["infeasible"] and more["infeasible"], (counts, more)
 
 
 @needs_cpp

@@ -23,7 +23,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -119,11 +121,11 @@ def _check_toolchain() -> tuple[str, str, Path, Path]:
     return cmake, cxx, headers, library
 
 
-def sources_hash() -> str:
+def sources_hash(folder: Path = CPP_DIR) -> str:
     """sha256 of every file of ``legocompile/runtime/cpp`` (paths and bytes), the cache key's main part."""
     h = hashlib.sha256()
-    for path in sorted(p for p in CPP_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(path.relative_to(CPP_DIR).as_posix().encode() + b"\0")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -155,32 +157,59 @@ def build(*, sanitize: bool = False, tests: bool = False, jobs: int = 2) -> Path
     if sanitize:  # unoptimized with line tables: sanitizer reports name the line, and the build is quickest
         options["CMAKE_CXX_FLAGS_DEBUG"] = "-O0 -g1"
         options["LEGOCOMPILE_BUILD_EXAMPLES"] = "OFF"
-    key = hashlib.sha256(json.dumps([sources_hash(), options, library.stat().st_size], sort_keys=True).encode())
-    name = key.hexdigest()[:16] + ("-asan" if sanitize else "")
     root = cache_root()
-    folder = root / name
-    if (folder / "ok").is_file():
-        return folder
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build per key at a time, across processes
+    # Build from a snapshot of the sources, keyed by the snapshot's hash: a build always matches its key, even
+    # while someone edits the tree (a header changed mid-build would otherwise mix two layouts in one library).
+    snapshot = Path(tempfile.mkdtemp(prefix=".sources-", dir=root))
+    try:
+        shutil.copytree(CPP_DIR, snapshot / "source", ignore=shutil.ignore_patterns("__pycache__"))
+        key = hashlib.sha256(json.dumps([sources_hash(snapshot / "source"), options, library.stat().st_size],
+                                        sort_keys=True).encode())
+        name = key.hexdigest()[:16] + ("-asan" if sanitize else "")
+        folder = root / name
         if (folder / "ok").is_file():
             return folder
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        log = folder / "build.log"
-        configure = [cmake, "-S", str(CPP_DIR), "-B", str(folder)] + [f"-D{k}={v}" for k, v in options.items()]
-        steps = [configure, [cmake, "--build", str(folder), "--parallel", str(max(1, jobs))]
-                 + (["--target", "lc_unit_tests"] if tests and sanitize else [])]
-        with open(log, "w") as out:
-            for step in steps:
-                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
-                if done.returncode != 0:
-                    raise LegoCompileError(
-                        f"building the C++ runtime failed ({Path(step[0]).name} {step[1]} exited {done.returncode}); "
-                        f"log: {log}")
-        (folder / "ok").write_text(name + "\n")
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build per key at a time, across processes
+            if (folder / "ok").is_file():
+                return folder
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            os.rename(snapshot / "source", folder / "source")
+            _run_build(cmake, folder, options, tests and sanitize, jobs)
+            (folder / "ok").write_text(name + "\n")
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+    _forget_old_builds(root, sanitize)
     return folder
+
+
+def _run_build(cmake: str, folder: Path, options: dict, unit_tests_only: bool, jobs: int) -> None:
+    """Configure ``folder/source`` into ``folder`` and build; a failure names its log."""
+    log = folder / "build.log"
+    configure = [cmake, "-S", str(folder / "source"), "-B", str(folder)] + [f"-D{k}={v}" for k, v in options.items()]
+    steps = [configure, [cmake, "--build", str(folder), "--parallel", str(max(1, jobs))]
+             + (["--target", "lc_unit_tests"] if unit_tests_only else [])]
+    with open(log, "w") as out:
+        for step in steps:
+            done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
+            if done.returncode != 0:
+                raise LegoCompileError(
+                    f"building the C++ runtime failed ({Path(step[0]).name} {step[1]} exited {done.returncode}); "
+                    f"log: {log}")
+
+
+def _forget_old_builds(root: Path, sanitize: bool, keep: int = 3) -> None:
+    """Delete finished builds of the same kind beyond the ``keep`` newest (sources change; the cache must not grow)."""
+    done = [p.parent for p in root.glob("*/ok") if p.parent.name.endswith("-asan") == sanitize]
+    for stale in root.glob(".sources-*"):  # snapshots left by a killed process (an hour is far beyond any build)
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    done.sort(key=lambda p: (p / "ok").stat().st_mtime, reverse=True)
+    for old in done[keep:]:
+        shutil.rmtree(old, ignore_errors=True)  # a process still using its library keeps the mapped file
+        (root / f"{old.name}.lock").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ ctypes

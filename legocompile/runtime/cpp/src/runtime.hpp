@@ -42,7 +42,7 @@ struct RuntimeOptions {
 };
 
 struct Measurement {
-  double chain_ns = 0;           // median over rounds of the mean time of one run() call
+  double chain_ns = 0;           // median over calls of one run() call's time
   std::vector<double> block_ns;  // median over calls of each engine's time inside the chain
   double overhead_ns = 0;        // median over calls of (call time - the sum of its engine times)
 };
@@ -102,6 +102,7 @@ class Runtime {
   };
   std::list<Warm> warm_;  // oldest first
   std::atomic<std::int64_t> loads_{0};
+  std::size_t freed_ = 0;  // engines freed since the last heap trim (select lock)
 
   std::mutex registry_mu_;
   std::vector<std::weak_ptr<ThreadBuffers>> registry_;  // every thread's buffers for this runtime

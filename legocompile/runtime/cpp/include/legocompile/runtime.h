@@ -105,9 +105,10 @@ LC_API lc_status lc_run(lc_runtime* rt, const float* input, int64_t batch, float
 /* Engines loaded from the bundle so far (a switch back to a warm engine loads nothing). */
 LC_API lc_status lc_engine_loads(const lc_runtime* rt, int64_t* out);
 
-/* Diagnostics (benchmarks), on the current selection: chain_ns, the median over `rounds` of the mean time of
- * `iters` lc_run calls; block_ns (one per block), each engine's median time inside the chain; overhead_ns, the
- * median over calls of (call time - the sum of that call's engine times): what the runtime itself costs. */
+/* Diagnostics (benchmarks), on the current selection, over rounds x iters timed calls (each round after iters
+ * untimed ones): chain_ns, the median call time; block_ns (one per block), each engine's median time inside the
+ * chain; overhead_ns, the median of (call time - the sum of that call's engine times): what the runtime itself
+ * costs per call (including two clock reads per engine). */
 LC_API lc_status lc_measure(lc_runtime* rt, const float* input, int64_t batch, float* output, int rounds, int iters,
                             double* chain_ns, double* block_ns, double* overhead_ns);
 
