@@ -1,15 +1,13 @@
 """Shared fixtures: one tiny bundle built once per test session, from a real (if tiny) trained-looking chain.
 
-The test process is an ordinary ORT user: many tests create plain ``onnxruntime.InferenceSession``s, which ORT
-refuses once a process-wide thread pool exists. So Runtimes here use per-session pools
-(``LEGOCOMPILE_SHARED_THREADPOOL=0``); the shared-pool path is tested in a subprocess (test_runtime.py).
+Runtimes use per-session pools by default, so plain ``onnxruntime.InferenceSession``s in the tests keep working;
+the opt-in shared pool is tested in a subprocess (test_runtime.py).
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("LEGOCOMPILE_SHARED_THREADPOOL", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -39,9 +39,9 @@ def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
 ACCURACY = Stage("accuracy", inputs=("engine", "teacher_chain", "block_inputs", "eval_inputs", "labels"),
                  tools=("onnxruntime",), format=2)
 TIMING = Stage("timing", inputs=("engine", "context", "chain_input", "device", "settings"), tools=("onnxruntime",),
-               format=3)
+               format=4)  # 4: memory as the median increment over 8 instances; threads default to own pools
 TEACHER = Stage("teacher_timing", inputs=("teacher_chain", "chain_input", "device", "settings"),
-                tools=("onnxruntime",), format=3)
+                tools=("onnxruntime",), format=4)
 
 
 def profile_engines(
