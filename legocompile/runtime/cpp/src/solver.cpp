@@ -5,6 +5,8 @@
 #include "solver.hpp"
 
 #include <algorithm>
+#include <array>
+#include <iterator>
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -241,6 +243,49 @@ inline double lp_at(const LP& lp, std::size_t k1, double need) {
   return lp.c0[k1];
 }
 
+// The Pareto staircases of every suffix k..n-1 of `blocks` (one (x, y) point per option), coarsened to at most
+// about `limit` points (a slice's least x and least y: a point that dominates the slice, so look-ups stay lower
+// bounds).
+PreparedCosts::Stairs staircases(const std::vector<std::vector<std::pair<double, double>>>& blocks,
+                                 std::size_t limit) {
+  const std::size_t n = blocks.size();
+  PreparedCosts::Stairs out(n + 1);
+  out[n] = {{0.0, 0.0}};
+  std::vector<std::pair<double, double>> cand;
+  for (std::size_t k = n; k-- > 0;) {
+    cand.clear();
+    for (const auto& [x, y] : blocks[k])
+      for (const auto& [px, py] : out[k + 1]) cand.emplace_back(px + x, py + y);
+    std::sort(cand.begin(), cand.end());
+    std::vector<std::pair<double, double>>& front = out[k];
+    for (const auto& p : cand)
+      if (front.empty() || p.second < front.back().second) front.push_back(p);
+    if (front.size() > limit) {
+      const double first = front.front().first, width = (front.back().first - first) / static_cast<double>(limit);
+      std::vector<std::pair<double, double>> coarse{front.front()};
+      double slice = 0;
+      for (std::size_t i = 1; i < front.size(); ++i) {
+        const double si = width > 0 ? std::floor((front[i].first - first) / width) : 0;
+        if (si == slice) {
+          coarse.back().second = front[i].second;  // the slice's least x, its least y
+        } else {
+          coarse.push_back(front[i]);
+          slice = si;
+        }
+      }
+      front.swap(coarse);
+    }
+  }
+  return out;
+}
+
+// The least y of a staircase point with x <= r, or +inf when none.
+inline double least_y(const std::vector<std::pair<double, double>>& stairs, double r) {
+  const auto it = std::upper_bound(stairs.begin(), stairs.end(), r,
+                                   [](double v, const std::pair<double, double>& p) { return v < p.first; });
+  return it == stairs.begin() ? std::numeric_limits<double>::infinity() : std::prev(it)->second;
+}
+
 struct TupleKey {  // (drop, latency, memory) compared as Python tuples
   double d, l;
   std::int64_t m;
@@ -319,6 +364,60 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
       }
       hulls_[kind].push_back(make_hull(static_cast<int>(b), points));
     }
+  }
+  // A fixed search order (the blocks whose options differ most first, as Python's solver) and its staircases.
+  {
+    const std::size_t n = blocks_.size();
+    std::vector<std::array<double, 3>> ranges(n);
+    std::array<double, 3> spans{0, 0, 0};
+    for (std::size_t b = 0; b < n; ++b) {
+      double lo[3] = {kInf, kInf, kInf}, hi[3] = {-kInf, -kInf, -kInf};
+      for (const Opt& o : blocks_[b]) {
+        const double v[3] = {o.drop, o.lat, static_cast<double>(o.mem)};
+        for (int a = 0; a < 3; ++a) {
+          lo[a] = std::min(lo[a], v[a]);
+          hi[a] = std::max(hi[a], v[a]);
+        }
+      }
+      for (int a = 0; a < 3; ++a) {
+        ranges[b][a] = hi[a] - lo[a];
+        spans[a] += ranges[b][a];
+      }
+    }
+    std::vector<std::pair<double, int>> keyed;
+    for (std::size_t b = 0; b < n; ++b) {
+      double spread = 0;
+      for (int a = 0; a < 3; ++a)
+        if (spans[a] > 0) spread += ranges[b][a] / spans[a];
+      keyed.emplace_back(-spread, static_cast<int>(b));
+    }
+    std::sort(keyed.begin(), keyed.end());
+    for (const auto& [_, b] : keyed) order_.push_back(b);
+    std::vector<double> drops;
+    for (const auto& block : blocks_)
+      for (const Opt& o : block) drops.push_back(o.drop);
+    std::sort(drops.begin(), drops.end());
+    double gap = 0;
+    for (std::size_t k = 1; k < drops.size(); ++k)
+      if (drops[k] > drops[k - 1] && (gap == 0 || drops[k] - drops[k - 1] < gap)) gap = drops[k] - drops[k - 1];
+    if (gap > 0 && std::isfinite(4.0 * (max_latency_ms + 1.0) / gap)) lex_weight_ = 4.0 * (max_latency_ms + 1.0) / gap;
+    std::vector<std::vector<std::pair<double, double>>> md, ld, ml, mx;
+    for (int b : order_) {
+      md.emplace_back();
+      ld.emplace_back();
+      ml.emplace_back();
+      mx.emplace_back();
+      for (const Opt& o : blocks_[b]) {
+        md.back().emplace_back(static_cast<double>(o.mem), o.drop);
+        ld.back().emplace_back(o.lat, o.drop);
+        ml.back().emplace_back(static_cast<double>(o.mem), o.lat);
+        mx.back().emplace_back(static_cast<double>(o.mem), lex_weight_ * o.drop + o.lat);
+      }
+    }
+    mem_lex_ = staircases(mx, 4096);
+    mem_drop_ = staircases(md, 4096);
+    lat_drop_ = staircases(ld, 4096);
+    mem_lat_ = staircases(ml, 4096);
   }
   // The optimum without a budget: the search without bounds (the least option per block is not always it: two
   // drops that differ only below the totals' rounding tie, and then latency, memory and the choice decide).
@@ -497,8 +596,9 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
     const double spread = options.front().r - options.back().r;
     table.push_back({spread, static_cast<int>(b), std::move(options)});
   }
-  std::sort(table.begin(), table.end(),
-            [](const Row& a, const Row& c) { return std::tie(a.spread, a.b) < std::tie(c.spread, c.b); });
+  std::vector<Row> fixed_rows;
+  for (int b : order_) fixed_rows.push_back(std::move(table[b]));
+  table.swap(fixed_rows);
   std::vector<int> order;
   std::vector<const std::vector<X>*> ordered;
   for (const Row& row : table) {
@@ -570,6 +670,9 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
   const double tol_lp_l = tol * 4 * (scale_d + mu * scale_m + (has_lat ? lp_l.max_rate * scale_l : 0.0));
   const double tol_lp_m = tol * 4 * (scale_d + lam * scale_l + (has_mem ? lp_m.max_rate * scale_m : 0.0));
   const double tol_lm = tol * 4 * (scale_l + (has_mem ? lp_lm.max_rate * scale_m : 0.0));
+  const double tol_s = tol * 4 * scale_d;   // staircase drop sums: rounding of up to n additions
+  const double tol_l2 = tol * 4 * scale_l;  // staircase latency sums
+  const double tol_x = tol * 8 * (lex_weight_ * scale_d + scale_l);  // lexicographic sums and the subtraction
   const double const_r = lam * cap_l + mu * static_cast<double>(cap_m);
   std::vector<double> rest_r_all;
   for (double s : suf_r) rest_r_all.push_back(s - const_r);
@@ -662,7 +765,7 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
       const std::int64_t n_m = p_m + x.m;
       if (n_m > room_m) continue;
       const double n_d = p_d + x.d;
-      const double bound_d = n_d + rest_d;
+      double bound_d = n_d + rest_d;
       if (bound_d > lim_d) continue;
       if (has_lat) {
         double lp = lp_at(lp_l, k1, w0_l + n_l);
@@ -680,11 +783,36 @@ std::optional<Solution> PreparedCosts::branch_and_bound(std::optional<double> la
         const double lp = lp_at(lp_f, k1, w0_f + n_l);
         if (static_cast<double>(n_m) + lp > lim_f) continue;
       }
+      // The staircases: the least drop of a completion within the memory (latency) left, exactly up to rounding.
+      if (has_mem) {
+        const double y = least_y(mem_drop_[k1], static_cast<double>(cap_m - n_m));
+        if (y == kInf) continue;
+        const double lb = n_d + y - tol_s;
+        if (lb > lim_d) continue;
+        if (lb > bound_d) bound_d = lb;
+      }
+      if (has_lat) {
+        const double y = least_y(lat_drop_[k1], cap_l - n_l + tol_l);
+        if (y == kInf) continue;
+        const double lb = n_d + y - tol_s;
+        if (lb > lim_d) continue;
+        if (lb > bound_d) bound_d = lb;
+      }
       // A lower bound on the completions' latency, padded below by its rounding error.
       double lat_lb = n_l + rest_l - tol_l;
       if (has_mem) {
         const double lp = n_l + lp_at(lp_lm, k1, w0_lm + static_cast<double>(n_m)) - tol_lm;
         if (lp > lat_lb) lat_lb = lp;
+        const double st = n_l + least_y(mem_lat_[k1], static_cast<double>(cap_m - n_m)) - tol_l2;
+        if (st > lat_lb) lat_lb = st;
+        if (lex_weight_ > 0 && have_choice && bound_d - tol_d >= best_d) {
+          // Only a tie on drop can win: the rest's drop is at most best_d - n_d (+ rounding), so its latency is at
+          // least (least lex_weight_ * drop + latency within the memory left) - lex_weight_ * that drop.
+          const double rest_drop = best_d - n_d + 2 * tol_d + tol_s;
+          const double lx = n_l + least_y(mem_lex_[k1], static_cast<double>(cap_m - n_m)) -
+                            lex_weight_ * rest_drop - tol_x;
+          if (lx > lat_lb) lat_lb = lx;
+        }
       }
       if (bound_d - tol_d >= best_d && lat_lb > best_l) continue;
       if (only_ties(bound_d, lat_lb, n_m + suf_m[k1], order[k], x.index)) continue;
