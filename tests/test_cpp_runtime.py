@@ -213,8 +213,11 @@ def test_predictions_and_explicit_selection_errors_match_python(cpp_lib, tiny_bu
 # ------------------------------------------------------------------------------------------------ outputs
 @needs_cpp
 def test_outputs_equal_python_for_random_selections(cpp_lib, tiny_bundle, tmp_path):
+    from legocompile.backends.onnxrt import session
+
     path = variant_like_bundle(tiny_bundle["path"], tmp_path / "variants")
-    py, cc = Runtime.load(path), CppRuntime.load(path)
+    py = Runtime.load(path)
+    cc = CppRuntime.load(path, threads=session._state["threads"])  # the count this process's ORT sessions use
     rng = np.random.default_rng(3)
     blocks = py.manifest.blocks
     exact = 0
