@@ -399,3 +399,24 @@ def test_engines_loaded_from_bytes_do_not_keep_the_bytes(tiny_bundle):
     assert sys.getrefcount(data) == before
     x = tiny_bundle["eval"][0][:2]
     assert engine.run(x).shape[0] == 2
+
+
+def test_unknown_runtime_impl_is_a_one_line_error(tiny_bundle):
+    from legocompile.errors import LegoCompileError
+    from legocompile.runtime import Runtime
+
+    with pytest.raises(LegoCompileError, match="unknown runtime impl 'rust'; choose 'python' or 'cpp'"):
+        Runtime.load(tiny_bundle["path"], impl="rust")
+
+
+def test_impl_cpp_gives_the_cpp_runtime_with_the_same_outputs(tiny_bundle):
+    from legocompile.runtime import Runtime, cpp_runtime
+
+    missing = cpp_runtime.missing_toolchain()
+    if missing is not None:
+        pytest.skip(f"C++ runtime not buildable here: {missing}")
+    cpp = Runtime.load(tiny_bundle["path"], impl="cpp")
+    assert isinstance(cpp, cpp_runtime.CppRuntime)
+    py = Runtime.load(tiny_bundle["path"])
+    x = np.ascontiguousarray(tiny_bundle["eval"][0][:3], dtype=np.float32)
+    np.testing.assert_array_equal(cpp(x), py(x))

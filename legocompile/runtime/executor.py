@@ -168,11 +168,14 @@ class Runtime:
         threads: int | None = None,
         shared_threads: bool | None = None,
         keep_warm_mb: float = 0.0,
+        impl: str = "python",
     ) -> "Runtime":
         """Open a bundle (checking its schema and checksums). No engine is loaded yet: the first call without a
         ``select`` loads the original fp32 selection.
 
         Args:
+            impl: ``"python"``, or ``"cpp"`` for the C++ runtime behind the same API
+                (:class:`legocompile.runtime.cpp_runtime.CppRuntime`, built with CMake on first use).
             threads: ORT intra-op threads (default: the count the bundle was profiled with).
             shared_threads: put all engines on ORT's process-wide pool (default off; the environment variable
                 ``LEGOCOMPILE_SHARED_THREADPOOL=1`` turns it on). After that, ORT refuses any other session in
@@ -181,6 +184,13 @@ class Runtime:
                 occupying so that switching back to them is fast; least recently used first out. 0 (the default)
                 unloads every engine the current selection does not use.
         """
+        if impl == "cpp":
+            from legocompile.runtime.cpp_runtime import CppRuntime
+
+            return CppRuntime.load(path, verify=verify, threads=threads, shared_threads=shared_threads,
+                                   keep_warm_mb=keep_warm_mb)  # type: ignore[return-value]
+        if impl != "python":
+            raise LegoCompileError(f"unknown runtime impl {impl!r}; choose 'python' or 'cpp'")
         manifest = read_bundle(path, verify=verify)
         return cls(Path(path), manifest, threads=threads, shared_threads=shared_threads, keep_warm_mb=keep_warm_mb)
 
