@@ -32,7 +32,8 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 def _extra_options(recipe: Int8Recipe) -> dict[str, object]:
     """ORT quantizer options shared by both code paths."""
-    return {"ActivationSymmetric": recipe.activation == "int8", "WeightSymmetric": recipe.weight == "int8"}
+    return {"ActivationSymmetric": recipe.activation == "int8", "WeightSymmetric": recipe.weight == "int8",
+            "QuantizeBias": recipe.quantize_bias}
 
 
 def _quant_type(name: str):  # -> onnxruntime.quantization.QuantType

@@ -39,6 +39,8 @@ class Int8Recipe:
         weight: ``int8`` (symmetric) or ``uint8`` (asymmetric).
         reduce_range: 7-bit weights, which keeps ``VPMADDUBSW``'s pair sums below int16's limit.
         per_channel: per-output-channel weight scales.
+        quantize_bias: int32 biases behind a DequantizeLinear (ORT's kernels); False keeps them float (TensorRT
+            folds float biases itself and does not dequantize int32 ones).
     """
 
     name: str
@@ -46,6 +48,7 @@ class Int8Recipe:
     weight: str = "int8"
     reduce_range: bool = False
     per_channel: bool = True
+    quantize_bias: bool = True
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,6 +60,8 @@ RECIPES: dict[str, Int8Recipe] = {
     "u8s8-reduce-range": Int8Recipe(name="u8s8-reduce-range", reduce_range=True),
 }
 FORMATS = ("auto", *RECIPES)
+# TensorRT's explicit int8 is symmetric signed int8 with float biases; one QDQ writer serves both backends.
+TENSORRT_RECIPE = Int8Recipe(name="s8s8-symmetric", activation="int8", weight="int8", quantize_bias=False)
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 

@@ -17,9 +17,8 @@ fp32 boundary buffers.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,100 +64,29 @@ def to_fp16(onnx_in: Path, onnx_out: Path) -> None:
     _to_fp16(onnx_in, onnx_out)
 
 
-def _extra_options() -> dict[str, object]:
-    return {
-        "ActivationSymmetric": True,  # zero point 0: TensorRT's int8 is symmetric
-        "WeightSymmetric": True,
-        "QuantizeBias": False,  # TensorRT does not dequantize int32 biases; it folds float biases itself
-    }
-
-
 def quantize_qdq_tensorrt(onnx_in: str | os.PathLike[str], onnx_out: str | os.PathLike[str], ranges: Any, *,
                           per_channel: bool = True) -> None:
     """Writes the int8 QDQ graph TensorRT builds (symmetric int8, float biases) from the block's cached ranges.
 
-    Reuses ``calibration.qdq``'s checks (ranges must cover every float tensor; I/O names unchanged) and ORT's QDQ
-    quantizer with ranges instead of a calibration run, exactly as ``calibration.qdq.quantize_qdq`` does for the
-    ONNX Runtime backend; only the quantization scheme differs. Written through a temporary file and ``os.replace``.
+    The same writer as the ONNX Runtime backend's (:func:`calibration.qdq.quantize_qdq`, with its checks: ranges
+    cover every float tensor, I/O names unchanged), with :data:`calibration.recipe.TENSORRT_RECIPE`; the result is
+    then checked for anything TensorRT refuses. Written atomically.
 
     Raises:
         LegoCompileError: If the ranges do not cover the graph, the I/O names changed, or the result still has
             something TensorRT refuses (:func:`tensorrt_qdq_problems`).
     """
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from calibration.qdq import _has_cache_path_api, _io_names, _missing_ranges
-    from calibration.ranges import load_onnx
-
-    model_path, out_path = Path(onnx_in), Path(onnx_out)
-    original = load_onnx(model_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp.onnx")
-    os.close(fd)
-    temp_out = Path(temp_name)
-    try:
-        with tempfile.TemporaryDirectory(prefix="legocompile-trt-qdq-") as work_name:
-            work = Path(work_name)
-            copy, pre = work / "model.onnx", work / "preprocessed.onnx"
-            onnx.save(original, str(copy))
-            quant_pre_process(str(copy), str(pre), skip_optimization=True, skip_symbolic_shape=True)
-            missing = _missing_ranges(onnx.load(str(pre)), ranges)
-            if missing:
-                shown = ", ".join(repr(name) for name in missing[:5]) + (" ..." if len(missing) > 5 else "")
-                raise LegoCompileError(
-                    f"the cached ranges do not cover {len(missing)} tensor(s) of {model_path} ({shown}); "
-                    "recompute them with compute_ranges on this model"
-                )
-            if _has_cache_path_api():
-                _quantize_from_cache(pre, temp_out, ranges, per_channel, work)
-            else:
-                _quantize_with_quantizer(pre, temp_out, ranges, per_channel)
-        quantized = onnx.load(str(temp_out))
-        if _io_names(quantized) != _io_names(original):
-            raise LegoCompileError(
-                f"quantizing {model_path} for TensorRT changed its input/output names from {_io_names(original)} "
-                f"to {_io_names(quantized)}"
-            )
-        problems = tensorrt_qdq_problems(quantized)
+    from calibration.qdq import quantize_qdq
+    from calibration.recipe import TENSORRT_RECIPE
+    def write(tmp: Path) -> None:
+        quantize_qdq(onnx_in, tmp, ranges, replace(TENSORRT_RECIPE, per_channel=per_channel))
+        problems = tensorrt_qdq_problems(onnx.load(str(tmp)))
         if problems:
-            raise LegoCompileError(f"the int8 QDQ graph of {model_path} is not TensorRT-compatible: {problems[0]}")
-        os.replace(temp_out, out_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp_out.unlink()
+            raise LegoCompileError(f"the int8 QDQ graph of {onnx_in} is not TensorRT-compatible: {problems[0]}")
 
-
-def _quantize_from_cache(model: Path, out: Path, ranges: Any, per_channel: bool, work: Path) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    from calibration.qdq import _tensors_data
-
-    cache = work / "ort_calibration_cache.json"
-    save_tensors_data(_tensors_data(ranges), cache)
-    quantize_static(
-        model, out, calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, extra_options=_extra_options(), calibration_cache_path=cache,
-    )
-
-
-def _quantize_with_quantizer(model: Path, out: Path, ranges: Any, per_channel: bool) -> None:
-    """For ONNX Runtime releases whose ``quantize_static`` cannot take precomputed ranges."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    from calibration.qdq import _tensors_data
-
-    quantizer = QDQQuantizer(
-        load_model_with_shape_infer(model), per_channel, False, QuantType.QInt8, QuantType.QInt8,
-        _tensors_data(ranges), [], [], sorted(set(QLinearOpsRegistry) | set(QDQRegistry)), _extra_options(),
-    )
-    quantizer.quantize_model()
-    quantizer.model.save_model_to_file(str(out), False)
+    atomic_produce(Path(onnx_out), write)
 
 
 def tensorrt_qdq_problems(model: Any) -> list[str]:
