@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from legocompile.bundle import Manifest, OptionEntry
+from legocompile.errors import LegoCompileError
 from legocompile.optimize.problem import Budget, Cost, InfeasibleBudgetError
 from legocompile.optimize.solver import solve
 
@@ -78,6 +79,25 @@ def selectable(block) -> tuple[OptionEntry, ...]:
     The optimizer's choice indices (``Solution.choice``) index this tuple, not ``block.options``.
     """
     return tuple(o for o in block.options if o.excluded is None)
+
+
+def selection_pairs(manifest: Manifest, selection) -> list[tuple[str, str]]:
+    """An explicit selection as ``(variant, precision)`` per block, in block order.
+
+    ``selection`` is a sequence of ``(variant, precision)`` pairs or ``{"variant":..., "precision":...}`` dicts in
+    block order, or a dict ``block name -> pair`` (blocks not named keep the original fp32 option).
+    """
+    blocks = manifest.blocks
+    if isinstance(selection, dict):
+        unknown = set(selection) - {b.name for b in blocks}
+        if unknown:
+            raise LegoCompileError(f"unknown block {sorted(unknown)[0]!r}; blocks: {', '.join(b.name for b in blocks)}")
+        items = [selection.get(b.name, ("s0", "fp32")) for b in blocks]
+    else:
+        items = list(selection)
+        if len(items) != len(blocks):
+            raise LegoCompileError(f"selection has {len(items)} entries but the bundle has {len(blocks)} blocks")
+    return [(p["variant"], p["precision"]) if isinstance(p, dict) else tuple(p) for p in items]
 
 
 def costs_of(manifest: Manifest) -> list[list[Cost]]:

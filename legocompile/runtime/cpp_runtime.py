@@ -34,7 +34,7 @@ import numpy as np
 from legocompile.bundle import Manifest
 from legocompile.errors import LegoCompileError, MissingDependencyError
 from legocompile.optimize.problem import Budget, InfeasibleBudgetError
-from legocompile.optimize.select import Selection, make_selection
+from legocompile.optimize.select import Selection, make_selection, selection_pairs
 
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 CACHE_ENV = "LEGOCOMPILE_CPP_CACHE"
@@ -441,7 +441,7 @@ class CppRuntime:
         if selection is not None:
             if latency_ms is not None or memory_mb is not None:
                 raise LegoCompileError("give either a budget or an explicit selection, not both")
-            pairs = self._pairs(selection)
+            pairs = selection_pairs(self.manifest, selection)
             variants = (ctypes.c_char_p * len(pairs))(*(str(v).encode() for v, _ in pairs))
             precisions = (ctypes.c_char_p * len(pairs))(*(str(p).encode() for _, p in pairs))
             self._check(self._lib.lc_select_options(h, variants, precisions, len(pairs), choice, ctypes.byref(totals)))
@@ -449,17 +449,6 @@ class CppRuntime:
             raw, asked = self._budget(latency_ms, memory_mb)
             self._check(self._lib.lc_select(h, ctypes.byref(raw), choice, ctypes.byref(totals)), (asked, h))
         return self._selection(choice, totals)
-
-    def _pairs(self, selection) -> list[tuple[str, str]]:
-        blocks = self.manifest.blocks
-        if isinstance(selection, dict):
-            unknown = set(selection) - {b.name for b in blocks}
-            if unknown:
-                raise LegoCompileError(f"unknown block {sorted(unknown)[0]!r}; blocks: {', '.join(b.name for b in blocks)}")
-            items = [selection.get(b.name, ("s0", "fp32")) for b in blocks]
-        else:
-            items = list(selection)
-        return [(p["variant"], p["precision"]) if isinstance(p, dict) else tuple(p) for p in items]
 
     # ----------------------------------------------------------------------------------------------- running
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy as np
 from legocompile.backends import get_backend
 from legocompile.bundle import Manifest, OptionEntry, read_bundle
 from legocompile.errors import LegoCompileError
-from legocompile.optimize.select import Selection, costs_of, make_selection, select_options
+from legocompile.optimize.select import Selection, costs_of, make_selection, select_options, selection_pairs
 from legocompile.optimize.solver import prepare
 
 _EngineKey = tuple[int, str, str]  # (block index, variant, precision)
@@ -304,19 +304,8 @@ class Runtime:
         return select_options(self.manifest, latency_ms=latency_ms, memory_mb=memory_mb, costs=self._costs)
 
     def _explicit(self, selection) -> tuple[OptionEntry, ...]:
-        blocks = self.manifest.blocks
-        if isinstance(selection, dict):
-            unknown = set(selection) - {b.name for b in blocks}
-            if unknown:
-                raise LegoCompileError(f"unknown block {sorted(unknown)[0]!r}; blocks: {', '.join(b.name for b in blocks)}")
-            pairs = [selection.get(b.name, ("s0", "fp32")) for b in blocks]
-        else:
-            pairs = list(selection)
-            if len(pairs) != len(blocks):
-                raise LegoCompileError(f"selection has {len(pairs)} entries but the bundle has {len(blocks)} blocks")
         out = []
-        for b, p in zip(blocks, pairs):
-            variant, precision = (p["variant"], p["precision"]) if isinstance(p, dict) else p
+        for b, (variant, precision) in zip(self.manifest.blocks, selection_pairs(self.manifest, selection)):
             option = b.option(variant, precision)
             reason = getattr(option, "excluded", None)
             if reason:
