@@ -16,6 +16,8 @@ from legocompile.errors import LegoCompileError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: Pruned groups keep a multiple of this many channels (measured: benchmarks/bench_variants.py --latency).
+DEFAULT_CHANNEL_MULTIPLE = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +66,7 @@ class VariantsConfig:
     batch_size: int = 64
     patience: int = 4
     val_fraction: float = 0.1
+    channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE
     external: tuple[ExternalVariantConfig, ...] = ()
 
 
@@ -300,6 +303,7 @@ def _variants(src: str, root: Path, table: Any) -> VariantsConfig:
         batch_size=v.positive_int("batch_size", 64),
         patience=v.positive_int("patience", 4),
         val_fraction=_number(v, "val_fraction", "a fraction in (0, 1)", 0.1, lambda x: 0 < x < 1),
+        channel_multiple=v.positive_int("channel_multiple", DEFAULT_CHANNEL_MULTIPLE),
         external=tuple(externals),
     )
     v.finish()
