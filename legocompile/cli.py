@@ -88,6 +88,7 @@ def _build(args, until: str = "bundle") -> None:
         calibration=cfg.calibration,
         profile=cfg.profile,
         sparsities=cfg.variants.sparsities,
+        channel_multiple=cfg.variants.channel_multiple,
         retrain=retrain_settings(cfg.variants),
         external_variants=external_variants(cfg),
         int8_format=cfg.build.int8_format,

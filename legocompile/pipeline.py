@@ -95,6 +95,7 @@ def compile(  # noqa: A001 - the public name the API promises
     tolerance: Tolerances = Tolerances(),  # noqa: B008 (frozen)
     model_name: str | None = None,
     sparsities: Sequence[float] = (0.0,),
+    channel_multiple: int | None = None,
     retrain=None,
     train_data=None,
     external_variants: Sequence = (),
@@ -118,6 +119,7 @@ def compile(  # noqa: A001 - the public name the API promises
         int8_format: ``auto`` (from the CPU) or a recipe name from :mod:`calibration.recipe`.
         tolerance: the accuracy gate; engines beyond it stay in the bundle but are not selectable.
         sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original).
+        channel_multiple: pruned groups keep a multiple of this many channels (default 8, [variants]'s default).
         retrain: :class:`legocompile.variants.retrain.RetrainSettings` for the descendants.
         train_data: model inputs the descendants are retrained on (default: ``calibration_data``).
         external_variants: :class:`legocompile.variants.stage.ExternalVariant` entries (bring your own).
@@ -157,7 +159,8 @@ def compile(  # noqa: A001 - the public name the API promises
 
     train_x = calib_x if train_data is None else _as_array(train_data, "train_data")
     variants = build_variants(
-        ws, chain, module_keys, calib_in, sparsities=sparsities, retrain=retrain or RetrainSettings(),
+        ws, chain, module_keys, calib_in, sparsities=sparsities, channel_multiple=channel_multiple,
+        retrain=retrain or RetrainSettings(),
         train_inputs=train_x, external=external_variants, progress=progress, report=report, until=until,
     )
     if until in ("derive", "retrain"):
@@ -193,6 +196,8 @@ def compile(  # noqa: A001 - the public name the API promises
         return out
 
     teacher["pytorch_accuracy"] = pytorch_accuracy
+    from legocompile.variants.stage import pruning_summary
+
     settings = {
         "profile": {"batch_size": profile.batch_size, "warmup": profile.warmup, "runs": profile.runs,
                     "threads": profile.threads},
@@ -201,6 +206,7 @@ def compile(  # noqa: A001 - the public name the API promises
         "tolerance": vars(tolerance).copy(),
         "partition": {"blocks": blocks if isinstance(blocks, str) else list(blocks), "max_blocks": max_blocks,
                       "max_abs_err": partition_err},
+        "pruning": pruning_summary(chain, variants, channel_multiple),
     }
     _write(out, be, model_name or type(model).__name__, example, chain, variants, precisions, exported, engines,
            gates, profiles, teacher, settings, additivity, profile.batch_size, progress)

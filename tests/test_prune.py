@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from legocompile.errors import LegoCompileError
 from legocompile.variants import apply_architecture, count_parameters, prune_block
+from legocompile.variants.prune import kept_channels
 from prune_models import (
     BLOCKS,
     BasicBlock,
@@ -98,7 +99,7 @@ def onnx_outputs(m: nn.Module, x: torch.Tensor) -> np.ndarray:
 def test_shapes_consistency_and_onnx(name: str, sparsity: float) -> None:
     block, x = make(name)
     ref = run(block, x)
-    res = prune_block(block, x, sparsity)
+    res = prune_block(block, x, sparsity, channel_multiple=1)
     y = run(res.module, x)
     assert y.shape == ref.shape
     assert json.loads(json.dumps(res.architecture)) == res.architecture
@@ -116,19 +117,25 @@ def test_shapes_consistency_and_onnx(name: str, sparsity: float) -> None:
 @pytest.mark.parametrize("name", sorted({**BLOCKS, **EXTRA}))
 def test_parameters_decrease_monotonically(name: str) -> None:
     block, x = make(name)
-    counts = [prune_block(block, x, s).report.params_after for s in SPARSITIES]
+    counts = [prune_block(block, x, s, channel_multiple=1).report.params_after for s in SPARSITIES]
     assert counts[0] == count_parameters(block)
     if name == "mbv2_t1":  # depthwise on the block input, project to the residual: nothing prunable
         assert len(set(counts)) == 1
     else:
         assert all(a > b for a, b in zip(counts, counts[1:])), counts
+    rounded = [prune_block(block, x, s, channel_multiple=8).report.params_after for s in SPARSITIES]
+    assert all(a >= b for a, b in zip(rounded, rounded[1:])), rounded  # coarser steps, never growing
 
 
 def test_reduction_at_08() -> None:
     """Observed parameter reduction of the 0.8 variants (see the module docstring of prune.py for why)."""
-    reductions = {name: prune_block(*make(name), 0.8).report.reduction for name in BLOCKS}
+    reductions = {name: prune_block(*make(name), 0.8, channel_multiple=1).report.reduction for name in BLOCKS}
     # Width-32 CIFAR basic block: conv1 keeps 6/32 filters, conv2 keeps 6/32 inputs; BN2 and the skip stay.
-    assert prune_block(*make("basic"), 0.8).report.params_after == 6 * 32 * 9 * 2 + 2 * 6 + 2 * 32
+    assert prune_block(*make("basic"), 0.8, channel_multiple=1).report.params_after == 6 * 32 * 9 * 2 + 2 * 6 + 2 * 32
+    # Rounded to a multiple of 8 (the default), 6.4 kept channels become 8.
+    report = prune_block(*make("basic"), 0.8).report
+    assert report.channel_multiple == 8 and report.params_after == 8 * 32 * 9 * 2 + 2 * 8 + 2 * 32
+    assert report.param_sparsity == pytest.approx(1 - report.params_after / report.params_before)
     for name in ("basic", "basic_down", "basic_pair", "bottleneck", "mbv2_res", "mbv2_s2", "vgg", "head"):
         assert reductions[name] >= 3.0, (name, reductions[name])
     assert reductions["bottleneck_down"] > 2.0  # the unprunable 64->128 projection shortcut dominates
@@ -293,3 +300,50 @@ def test_user_errors() -> None:
         apply_architecture(block, {"conv1": arch["bn1"]})
     with pytest.raises(LegoCompileError):
         apply_architecture(BasicBlock(32, 32), {"conv1": {"type": "Conv2d", "in_channels": 32}})
+
+
+def _nearest_multiple_reference(channels: int, sparsity: float, multiple: int) -> set[int]:
+    """Brute force: the multiples of ``multiple`` in 1..channels nearest to the plain kept count (ties: any of
+    them), or ``channels`` when no multiple reaches it; groups no wider than one multiple keep the plain count."""
+    target = (1 - sparsity) * channels
+    if channels <= multiple:
+        return {max(1, round(target))}
+    candidates = list(range(multiple, channels + 1, multiple)) + [channels]
+    best = min(abs(c - target) for c in candidates)
+    nearest = {c for c in candidates if abs(c - target) <= best + 1e-9}
+    # a width between the last multiple and `channels` is only reached by rounding up past `channels`
+    return {c for c in nearest if c % multiple == 0} | ({channels} if channels in nearest else set())
+
+
+@pytest.mark.parametrize("multiple", [1, 8, 16, 32])
+def test_kept_channels_is_the_nearest_multiple(multiple: int) -> None:
+    for channels in range(1, 140):
+        for sparsity in (0.0, 0.1, 0.2, 0.25, 0.4, 0.5, 0.6, 0.75, 0.8, 0.9, 0.95):
+            n = kept_channels(channels, sparsity, multiple)
+            assert 1 <= n <= channels
+            if channels > multiple and n != channels:
+                assert n % multiple == 0
+            if multiple == 1:
+                assert n == max(1, round((1 - sparsity) * channels))
+            else:
+                assert n in _nearest_multiple_reference(channels, sparsity, multiple), (channels, sparsity, n)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_channel_multiple_must_be_a_positive_integer(bad) -> None:
+    with pytest.raises(LegoCompileError, match="channel_multiple must be a positive integer"):
+        prune_block(*make("basic"), 0.4, channel_multiple=bad)
+
+
+@pytest.mark.parametrize("name", ["basic", "basic_down", "bottleneck", "vgg", "head"])
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_rounded_widths_are_multiples_and_still_exact(name: str, multiple: int) -> None:
+    block, x = make(name)
+    res = prune_block(block, x, 0.4, channel_multiple=multiple)
+    check_consistent(res.module, res.report)
+    for g in res.report.groups:
+        assert g.channels_after % multiple == 0 or g.channels_after == g.channels_before or g.channels_before <= multiple
+    assert res.report.to_dict()["channel_multiple"] == multiple
+    assert res.report.to_dict()["param_sparsity"] == pytest.approx(1 - count_parameters(res.module)
+                                                                    / count_parameters(block))
+    np.testing.assert_allclose(onnx_outputs(res.module, x), run(res.module, x).numpy(), rtol=1e-4, atol=1e-4)

@@ -190,6 +190,18 @@ def test_retraining_rebuilds_when_an_upstream_block_changes(tiny_model, digits_s
     assert r.cached == {"derive": 1}
 
 
+def test_channel_multiple_rederives_and_retrains(tiny_model, digits_small, tmp_path):
+    from legocompile.variants.retrain import RetrainSettings
+
+    calib, (ex, ey) = digits_small
+    kw = dict(sparsities=(0.0, 0.5), retrain=RetrainSettings(epochs=1), until="retrain")
+    _build(tiny_model, calib, ex, ey, tmp_path, **kw)
+    r = _build(tiny_model, calib, ex, ey, tmp_path, channel_multiple=16, **kw)
+    assert r.built == {"derive": 2, "retrain": 2} and r.cached == {}
+    r = _build(tiny_model, calib, ex, ey, tmp_path, **kw)  # back to the default: everything is in the cache
+    assert r.built == {} and r.cached == {"derive": 2, "retrain": 2}
+
+
 def test_excluded_engines_are_never_selected(base_build, tmp_path):
     from legocompile.optimize.select import select_options
 

@@ -57,6 +57,12 @@ def test_every_block_offers_variants_times_precisions(variant_bundle):
         assert s5.sparsity == 0.5 and s0.sparsity == 0.0
         assert s5.params < s0.params  # every block of this ResNet has a prunable conv pair
         assert s5.export_max_abs_err < 1e-4
+        pruned = m.settings["pruning"]["blocks"][b.name]["s0.5"]  # what pruning reached, next to what was asked
+        assert pruned["sparsity"] == 0.5 and (pruned["params_before"], pruned["params_after"]) == (s0.params, s5.params)
+        assert pruned["param_sparsity"] == pytest.approx(1 - s5.params / s0.params)
+        for before, after in pruned["channels"]:
+            assert after < before and (after % 8 == 0 or before <= 8)
+    assert m.settings["pruning"]["channel_multiple"] == 8
 
 
 def test_retrained_variants_beat_untrained_ones(variant_bundle, tiny_model, data):

@@ -12,6 +12,18 @@ covers conv1's outputs *and* conv2's inputs, i.e. nearly both 3x3 convs, so the 
 bn2 and the shortcut stay whole). Channels tied by a residual add can only be pruned when the whole add-connected
 set stays inside the block (they are merged into one group then); in ResNet / MobileNetV2 the residual stream always
 reaches the block input or output through the identity shortcut, so it stays whole.
+
+Kept widths are rounded to a multiple (``channel_multiple``, micronet's "regular pruning"): the blocked convolution
+kernels of ONNX Runtime on x86 work on groups of 8 (AVX2) or 16 (AVX-512) channels and TensorRT's tensor cores on 8
+(fp16) or 32 (int8), so a layer cut to 19 channels costs about what one of 24 costs, and a partial group can make a
+variant slower than its original. The default, ``[variants] channel_multiple`` = 8
+(:data:`legocompile.config.DEFAULT_CHANNEL_MULTIPLE`), was chosen by measurement (``benchmarks/bench_variants.py
+--latency``: the example's 8 blocks, ORT fp32 and int8, one thread, batch 1, AVX2): with plain rounding the 0.4
+variants ran at 0.77-1.03x their originals for 0.60x the parameters, two int8 ones no faster than the original;
+with 8 every variant ran at <= 0.73x, the 0.4 ones at 0.63x on average for 0.59x the parameters; 16 did as well at
+0.4 but cannot cut a 32-channel group below 16 (the 0.8 variants of the first blocks keep half), and 32 leaves those
+groups whole at 0.4. A report's ``param_sparsity`` is the fraction of the block's parameters actually removed,
+which differs from the requested channel sparsity.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from legocompile._log import logger
+from legocompile.config import DEFAULT_CHANNEL_MULTIPLE
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
 from legocompile.variants.groups import ChannelGroup, find_groups, record_shapes
@@ -54,6 +67,12 @@ class PruneReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer path, why its outputs are left whole)
     params_before: int = 0
     params_after: int = 0
+    channel_multiple: int = 1
+
+    @property
+    def param_sparsity(self) -> float:
+        """Fraction of the block's parameters removed (``1 - params_after / params_before``)."""
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     @property
     def reduction(self) -> float:
@@ -63,8 +82,10 @@ class PruneReport:
     def to_dict(self) -> dict:
         return {
             "sparsity": self.sparsity,
+            "channel_multiple": self.channel_multiple,
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "param_sparsity": self.param_sparsity,
             "groups": [
                 {
                     "producers": list(g.producers), "depthwise": list(g.depthwise), "batchnorms": list(g.batchnorms),
@@ -89,14 +110,37 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def prune_block(block: nn.Module, example_input: torch.Tensor, sparsity: float) -> PrunedBlock:
+def kept_channels(channels: int, sparsity: float, multiple: int = DEFAULT_CHANNEL_MULTIPLE) -> int:
+    """How many of a group's ``channels`` pruning at ``sparsity`` keeps: the width nearest to ``(1 - sparsity) *
+    channels`` among the multiples of ``multiple`` below ``channels`` and ``channels`` itself (the larger on a tie).
+    A group no wider than ``multiple`` fits one kernel block whatever its width, so it keeps the plain
+    ``max(1, round(...))``."""
+    check_channel_multiple(multiple)
+    target = (1.0 - sparsity) * channels
+    if multiple == 1 or channels <= multiple:
+        return max(1, round(target))
+    below = max(multiple, multiple * math.floor(target / multiple))
+    candidates = [c for c in (below, below + multiple) if c < channels] + [channels]
+    return min(candidates, key=lambda c: (abs(c - target), -c))
+
+
+def check_channel_multiple(multiple: object) -> int:
+    if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1:
+        raise LegoCompileError(f"channel_multiple must be a positive integer (e.g. 8, 16, 32), got {multiple!r}")
+    return int(multiple)
+
+
+def prune_block(
+    block: nn.Module, example_input: torch.Tensor, sparsity: float, *, channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE
+) -> PrunedBlock:
     """Prune ``sparsity`` of the channels of every prunable group of ``block`` (which is not modified).
 
-    Each group keeps its ``max(1, round((1 - sparsity) * C))`` channels of largest L1 filter norm (summed over the
-    group's producers and depthwise convs, each normalised by its mean). Sparsity 0 returns an unmodified deep copy.
+    Each group keeps its :func:`kept_channels` channels of largest L1 filter norm (summed over the group's producers
+    and depthwise convs, each normalised by its mean). Sparsity 0 returns an unmodified deep copy.
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity < 1.0:
         raise LegoCompileError(f"sparsity must be a number in [0, 1), got {sparsity!r} (e.g. 0.2, 0.4, 0.6, 0.8)")
+    channel_multiple = check_channel_multiple(channel_multiple)
     if not isinstance(example_input, torch.Tensor):
         raise LegoCompileError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     sparsity = float(sparsity)
@@ -106,7 +150,7 @@ def prune_block(block: nn.Module, example_input: torch.Tensor, sparsity: float) 
     skipped = list(dict.fromkeys((p, g.reason) for g in groups if not g.prunable for p in g.producers + g.depthwise))
     if sparsity == 0.0:
         reports = tuple(_group_report(g, list(range(g.channels))) for g in groups if g.prunable)
-        return PrunedBlock(module, {}, PruneReport(0.0, reports, skipped, before, before))
+        return PrunedBlock(module, {}, PruneReport(0.0, reports, skipped, before, before, channel_multiple))
 
     modules = dict(gm.named_modules())
     out_keep: dict[str, torch.Tensor] = {}
@@ -115,7 +159,7 @@ def prune_block(block: nn.Module, example_input: torch.Tensor, sparsity: float) 
     for g in groups:
         if not g.prunable:
             continue
-        keep = _select(g, modules, sparsity)
+        keep = _select(g, modules, kept_channels(g.channels, sparsity, channel_multiple))
         for path in g.producers + g.depthwise + g.batchnorms:
             out_keep[path] = keep
         for path, factor in g.consumers.items():
@@ -139,7 +183,7 @@ def prune_block(block: nn.Module, example_input: torch.Tensor, sparsity: float) 
             f"internal error: pruning changed the block output from {tuple(ref_out.shape)} to "
             f"{tuple(getattr(out, 'shape', ()))}"
         )
-    report = PruneReport(sparsity, tuple(reports), skipped, before, count_parameters(module))
+    report = PruneReport(sparsity, tuple(reports), skipped, before, count_parameters(module), channel_multiple)
     return PrunedBlock(module, architecture, report)
 
 
@@ -194,8 +238,7 @@ def _analyse(module: nn.Module, x: torch.Tensor) -> tuple[fx.GraphModule, list[C
     return gm, find_groups(gm, shapes), out
 
 
-def _select(g: ChannelGroup, modules: dict[str, nn.Module], sparsity: float) -> torch.Tensor:
-    n_keep = max(1, round((1.0 - sparsity) * g.channels))
+def _select(g: ChannelGroup, modules: dict[str, nn.Module], n_keep: int) -> torch.Tensor:
     score = torch.zeros(g.channels, dtype=torch.float64)
     for path in g.producers + g.depthwise:
         w = modules[path].weight.detach().to(torch.float64)

@@ -2,8 +2,8 @@
 
 Artefacts: ``<work>/derived/<key>`` is a pruned, not yet retrained block; ``<work>/variants/<key>`` is the retrained
 one. Each is a safetensors file plus a JSON description of the pruned architecture (never a pickled module), and
-its key comes from the declared inputs of :data:`DERIVE` (teacher block, sparsity) and :data:`RETRAIN` (the derived
-block, the teacher blocks upstream of it, the training inputs and the settings).
+its key comes from the declared inputs of :data:`DERIVE` (teacher block, sparsity, channel multiple) and
+:data:`RETRAIN` (the derived block, the teacher blocks upstream of it, the training inputs and the settings).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from legocompile.stage import Stage, digest
 from legocompile.workspace import Workspace
 
 PRUNE_FORMAT = 1  # bump when pruning changes what it produces
-DERIVE = Stage("derive", inputs=("block", "sparsity"), tools=("torch",), format=PRUNE_FORMAT)
+DERIVE = Stage("derive", inputs=("block", "sparsity", "channel_multiple"), tools=("torch",), format=PRUNE_FORMAT)
 RETRAIN = Stage("retrain", inputs=("derived", "upstream", "train_inputs", "settings"), tools=("torch",))
 
 
@@ -31,6 +31,7 @@ class Variant:
     name: str
     sparsity: float
     module: Any  # torch.nn.Module
+    pruning: dict | None = None  # a derived variant's prune report: channel_multiple, param_sparsity, groups, ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +65,7 @@ def build_variants(
     block_inputs: list[np.ndarray],
     *,
     sparsities: Sequence[float],
+    channel_multiple: int | None = None,
     retrain,
     train_inputs: np.ndarray,
     external: Sequence[ExternalVariant] = (),
@@ -71,19 +73,25 @@ def build_variants(
     report,
     until: str,
 ) -> list[list[Variant]]:
-    """Every block's variants, original first. Stops after pruning when ``until == "derive"``."""
+    """Every block's variants, original first. Stops after pruning when ``until == "derive"``.
+
+    ``channel_multiple``: pruned groups keep a multiple of this many channels (default:
+    :data:`legocompile.config.DEFAULT_CHANNEL_MULTIPLE`)."""
     import torch
 
+    from legocompile.config import DEFAULT_CHANNEL_MULTIPLE
     from legocompile.variants.checkpoint import remove_checkpoint
-    from legocompile.variants.prune import prune_block
+    from legocompile.variants.prune import check_channel_multiple, prune_block
     from legocompile.variants.retrain import retrain_variants
     from legocompile.variants.store import load_external_variant, load_variant, save_variant, variant_paths
 
     sparsities = check_sparsities(sparsities)
+    multiple = check_channel_multiple(DEFAULT_CHANNEL_MULTIPLE if channel_multiple is None else channel_multiple)
     variants: list[list[Variant]] = [[Variant("s0", 0.0, b.module)] for b in chain]
     pruned = [s for s in sparsities if s > 0]
     train_digest = digest(train_inputs)
-    derived_keys = {(i, s): DERIVE.key(block=module_keys[i], sparsity=s) for i in range(len(chain)) for s in pruned}
+    derived_keys = {(i, s): DERIVE.key(block=module_keys[i], sparsity=s, channel_multiple=multiple)
+                    for i in range(len(chain)) for s in pruned}
     # A student learns block i's output from its input, which the teacher's blocks before i compute from the
     # training inputs: those upstream blocks are inputs of its retraining too.
     final_keys = {(i, s): RETRAIN.key(derived=dk, upstream=module_keys[:i], train_inputs=train_digest,
@@ -104,7 +112,7 @@ def build_variants(
                     students[(i, variant_name(s))] = load_variant(stem, chain[i].module)[0]
             else:
                 x = torch.from_numpy(np.ascontiguousarray(block_inputs[i][:1]))
-                result = prune_block(chain[i].module, x, s)
+                result = prune_block(chain[i].module, x, s, channel_multiple=multiple)
                 save_variant(stem, result.module, result.architecture, {"prune": result.report.to_dict()})
                 report.count("derive", False)
                 if not done:
@@ -125,14 +133,16 @@ def build_variants(
             stem = ws.path("variants", final_keys[(i, s)], "")
             arch = _read_architecture(ws.path("derived", derived_keys[(i, s)], ""))
             r = results[(i, name)]
-            save_variant(stem, module, arch, {"retrain": {k: getattr(r, k) for k in r.__dataclass_fields__}})
+            prune = _read_meta(ws.path("derived", derived_keys[(i, s)], "")).get("prune")
+            save_variant(stem, module, arch, {"retrain": {k: getattr(r, k) for k in r.__dataclass_fields__},
+                                              "prune": prune})
             report.count("retrain", False)
         remove_checkpoint(checkpoint)
     for (i, s) in derived_keys:
         if (i, variant_name(s)) not in students:
             report.count("retrain", True)
-        module, _ = load_variant(ws.path("variants", final_keys[(i, s)], ""), chain[i].module)
-        variants[i].append(Variant(variant_name(s), s, module))
+        module, meta = load_variant(ws.path("variants", final_keys[(i, s)], ""), chain[i].module)
+        variants[i].append(Variant(variant_name(s), s, module, meta.get("prune")))
 
     # ------------------------------------------------------------ bring your own
     names = [b.name for b in chain]
@@ -148,6 +158,28 @@ def build_variants(
         )
         variants[i].append(Variant(ext.name, ext.sparsity, module))
     return variants
+
+
+def pruning_summary(chain, variants: list[list[Variant]], channel_multiple: int | None) -> dict:
+    """What pruning reached, for the bundle's settings: the channel multiple, and per block and derived variant the
+    requested channel sparsity, the fraction of parameters actually removed and each group's width before/after."""
+    from legocompile.config import DEFAULT_CHANNEL_MULTIPLE
+
+    blocks = {}
+    for block, options in zip(chain, variants):
+        pruned = {}
+        for v in options:
+            if v.pruning:
+                p = v.pruning
+                pruned[v.name] = {
+                    "sparsity": v.sparsity, "param_sparsity": p.get("param_sparsity"),
+                    "params_before": p.get("params_before"), "params_after": p.get("params_after"),
+                    "channels": [[g["channels_before"], g["channels_after"]] for g in p.get("groups", [])],
+                }
+        if pruned:
+            blocks[block.name] = pruned
+    return {"channel_multiple": DEFAULT_CHANNEL_MULTIPLE if channel_multiple is None else channel_multiple,
+            "blocks": blocks}
 
 
 def _report_unprunable(ws: Workspace, chain, derived_keys: dict, report) -> None:
