@@ -8,10 +8,16 @@ The Runtime loads engines from bytes it has read from the bundle and checked aga
 (:func:`legocompile.bundle.reader.read_verified_bytes`), so a file swapped after the check is never loaded. Build
 and profiling code may pass a path. An engine is unloaded by dropping every reference to it (the engine and the
 callables ``bind`` returned); a backend must free its memory then.
+
+Everything outside ``legocompile/backends`` reaches a backend through this protocol and the registry
+(:data:`BACKENDS`, :func:`get_backend`): the Runtime allocates a bundle's boundary buffers and sets up threading
+through the backend its options name, and the profiling probe loads engines through it too. Adding a backend means
+adding a folder and one line in :data:`BACKENDS`.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -19,14 +25,29 @@ from legocompile.errors import LegoCompileError
 
 
 class Buffer(Protocol):
-    """A preallocated tensor that engines read from and write to."""
+    """A preallocated tensor that engines read from and write to (host or device memory, the backend's)."""
 
-    def numpy(self) -> Any: ...
+    def numpy(self) -> Any:
+        """The content as a numpy array: host buffers return the array itself (a view; writes go to the buffer),
+        device buffers a host copy. For checks; the hot path uses :meth:`upload` and :meth:`download`."""
+        ...
+
+    def upload(self, x: Any) -> None:
+        """Copy the host array ``x`` into the buffer (the chain's input end)."""
+        ...
+
+    def download(self) -> Any:
+        """A new host numpy array holding the content, owned by the caller (the chain's output end)."""
+        ...
 
 
 class Engine(Protocol):
     def bind(self, src: Buffer, dst: Buffer) -> Callable[[], None]:
         """Return a no-argument callable that runs the engine from ``src`` into ``dst``, allocating nothing."""
+        ...
+
+    def run(self, x: Any) -> Any:
+        """Convenience (allocating) run from a host array to a new host array: accuracy gate and profiles."""
         ...
 
 
@@ -53,20 +74,39 @@ class Backend(Protocol):
 
     def allocate(self, shape: tuple[int, ...]) -> Buffer: ...
 
+    def configure(self, *, threads: int | None = None, shared: bool | None = None) -> bool:
+        """Set this process up to run engines (the Runtime and the profiling probe call it; a build does not).
 
-def _onnxruntime() -> Backend:
-    from legocompile.backends.onnxrt import OnnxRuntimeBackend
+        ``threads``: CPU threads per engine (None: the backend's default); ``shared``: one process-wide pool, where
+        the backend has one. Returns True when engines share a process-wide pool. Backends without such settings
+        ignore them and return False."""
+        ...
 
-    return OnnxRuntimeBackend()
+    def preload(self) -> None:
+        """Import what loading an engine needs, creating no session, thread or device context (the probe calls
+        it once before forking its measuring children, so that they do not each pay for the import)."""
+        ...
 
 
-def _tensorrt() -> Backend:
-    from legocompile.backends.tensorrt import TensorRTBackend
+def _lazy(module: str, attribute: str) -> Callable[[], Backend]:
+    """A factory that imports ``module`` (a fixed name from this file, never from a bundle) only when called."""
 
-    return TensorRTBackend()
+    def make() -> Backend:
+        factory: Callable[[], Backend] = getattr(importlib.import_module(module), attribute)
+        return factory()
+
+    return make
 
 
-BACKENDS: dict[str, Callable[[], Backend]] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+# The registry: one line per backend folder. It drives the CLI's --backend choices, config validation and the
+# unknown-name error. Backends are imported only when asked for (``--help`` and the CPU path import no GPU package).
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    "onnxruntime": _lazy("legocompile.backends.onnxrt", "OnnxRuntimeBackend"),
+    "onnxruntime-cuda": _lazy("legocompile.backends.onnxrt.gpu", "OrtCudaBackend"),
+    "onnxruntime-trt": _lazy("legocompile.backends.onnxrt.gpu", "OrtTensorRTBackend"),
+    "reference": _lazy("legocompile.backends.reference", "ReferenceBackend"),
+    "tensorrt": _lazy("legocompile.backends.tensorrt", "TensorRTBackend"),
+}
 
 
 def get_backend(name: str) -> Backend:

@@ -133,7 +133,7 @@ def profile_engines(
             measured = run_probe(
                 probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
                 contexts={p: [probe_keys.index(k) for k in keys] for p, keys in context_keys.items()},
-                overhead_context="fp32", chain_input=input_path,
+                overhead_context="fp32", chain_input=input_path, backend=backend.name,
             )
             advance()
         for j, k in enumerate(probe_keys):

@@ -4,8 +4,11 @@ Design:
 
 * **One buffer per block boundary.** Every variant of block *i* reads the same input buffer and writes the same
   output buffer (pruning never changes boundary shapes), so switching a block changes which engine runs and copies
-  nothing. Engines are bound to the buffers (ORT IOBinding) once per thread and buffer set; a call runs the bound
-  engines in order.
+  nothing. The buffers live in the memory of the bundle's backend (host arrays for ONNX Runtime's CPU backend,
+  device memory for GPU backends), allocated through it; the call copies data in and out only at the chain's ends
+  (``Buffer.upload`` / ``Buffer.download``). Engines are bound to the buffers (ORT: IOBinding) once per thread and
+  buffer set; a call runs the bound engines in order. Everything backend-specific goes through the backend protocol
+  (:mod:`legocompile.backends.base`), threading included.
 * **Selections are immutable plans, and a plan owns its engines.** ``select`` loads whatever engines the new
   selection needs (reusing every engine still alive), builds a new :class:`_Plan` and swaps one reference.
   ``__call__`` reads that reference once, so an inference runs entirely on one selection even while another thread
@@ -122,6 +125,14 @@ def release_free_heap() -> bool:
     return False
 
 
+def bundle_backend(manifest: Manifest) -> str:
+    """The backend every option of the bundle names (the boundary buffers live in that backend's memory)."""
+    names = sorted({o.backend for b in manifest.blocks for o in b.options})
+    if len(names) != 1:
+        raise LegoCompileError(f"a bundle's engines must all be for one backend; this one names {', '.join(names) or 'none'}")
+    return names[0]
+
+
 class Runtime:
     """A loaded bundle. ``rt.select(latency_ms=..., memory_mb=...)`` then ``y = rt(x)``."""
 
@@ -134,18 +145,17 @@ class Runtime:
         shared_threads: bool | None = None,
         keep_warm_mb: float = 0.0,
     ) -> None:
-        from legocompile.backends.onnxrt import configure_threads
-
         if keep_warm_mb < 0:
             raise LegoCompileError(f"keep_warm_mb must be at least 0, got {keep_warm_mb}")
         self.root = Path(root)
         self.manifest = manifest
         self._threads = threads or manifest.settings.get("profile", {}).get("threads")
-        # Per-session pools by default: nothing process-wide changes, other ORT users keep working. The shared
-        # process-wide pool is opt-in (see backends/onnxrt/session.py for what it costs the rest of the process).
-        self.shared_threads = configure_threads(self._threads, shared=shared_threads)
         self.keep_warm_bytes = int(round(keep_warm_mb * 1e6))
         self._backends: dict[str, Any] = {}
+        self.backend_name = bundle_backend(manifest)
+        # ONNX Runtime: per-session pools by default, so nothing process-wide changes and other ORT users keep
+        # working; the shared process-wide pool is opt-in (see backends/onnxrt/session.py for what it costs).
+        self.shared_threads = self._backend(self.backend_name).configure(threads=self._threads, shared=shared_threads)
         self._alive: weakref.WeakValueDictionary[_EngineKey, _Loaded] = weakref.WeakValueDictionary()
         self._warm: OrderedDict[_EngineKey, _Loaded] = OrderedDict()  # outside the plan, kept within budget
         self._freed = [0]  # engines freed so far (weakref finalizers count them; no reference to self)
@@ -176,7 +186,7 @@ class Runtime:
         Args:
             impl: ``"python"``, or ``"cpp"`` for the C++ runtime behind the same API
                 (:class:`legocompile.runtime.cpp_runtime.CppRuntime`, built with CMake on first use).
-            threads: ORT intra-op threads (default: the count the bundle was profiled with).
+            threads: CPU threads per engine (ORT: intra-op threads; default: the count the bundle was profiled with).
             shared_threads: put all engines on ORT's process-wide pool (default off; the environment variable
                 ``LEGOCOMPILE_SHARED_THREADPOOL=1`` turns it on). After that, ORT refuses any other session in
                 the process that does not opt in (see :mod:`legocompile.backends.onnxrt.session`).
@@ -321,7 +331,7 @@ class Runtime:
         if bufs is None:
             if len(sets) >= self._max_batch_sets:  # bound the per-thread cache: drop the oldest batch size
                 del sets[next(iter(sets))]  # its bindings go with it (weakly keyed)
-            backend = self._backend("onnxruntime")
+            backend = self._backend(self.backend_name)  # the buffers live in the bundle's backend's memory
             shapes = [self.manifest.blocks[0].input.shape] + [b.output.shape for b in self.manifest.blocks]
             bufs = sets[batch] = _BufferSet(batch, [backend.allocate((batch, *s[1:])) for s in shapes])
         return bufs
@@ -334,10 +344,10 @@ class Runtime:
             raise LegoCompileError(f"input shape {tuple(x.shape)} does not match the bundle's (N, {', '.join(map(str, expected))})")
         bufs = self._buffer_set(x.shape[0])
         runs = plan.runs_for(bufs)
-        np.copyto(bufs.buffers[0].array, x, casting="same_kind")
+        bufs.buffers[0].upload(x)
         for run in runs:
             run()
-        return bufs.buffers[-1].array.copy()
+        return bufs.buffers[-1].download()
 
     def predict(self, x: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
         """Logits for a dataset, in batches."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from legocompile.backends.onnxrt.session import create_session, session_options
+from legocompile.backends.onnxrt.session import configure_threads, create_session, session_options
 from legocompile.errors import LegoCompileError
 from legocompile.export import INPUT_NAME, OUTPUT_NAME
 from legocompile.workspace import atomic_produce
@@ -30,6 +30,12 @@ class OrtBuffer:
 
     def numpy(self) -> np.ndarray:
         return self.array
+
+    def upload(self, x: np.ndarray) -> None:
+        np.copyto(self.array, x, casting="same_kind")
+
+    def download(self) -> np.ndarray:
+        return self.array.copy()
 
 
 class OrtEngine:
@@ -99,6 +105,14 @@ class OnnxRuntimeBackend:
 
         array = np.zeros(shape, dtype=np.float32)
         return OrtBuffer(array, ort.OrtValue.ortvalue_from_numpy(array))
+
+    def configure(self, *, threads: int | None = None, shared: bool | None = None) -> bool:
+        """This process's ORT threading, decided once (:func:`~legocompile.backends.onnxrt.session.configure_threads`)."""
+        return configure_threads(threads, shared=shared)
+
+    def preload(self) -> None:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
 
 
 def _optimize(onnx_path: Path, out: Path) -> None:

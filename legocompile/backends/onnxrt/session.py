@@ -110,8 +110,12 @@ def session_options(*, optimization: str = "all", threads: int | None = None, sh
 _GLOBAL_POOL_REFUSAL = "global thread pool"
 
 
-def create_session(model: str | Path | bytes, *, threads: int | None = None):
-    """An InferenceSession on the CPU provider with the chaining thread settings (model: a path or ONNX bytes).
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+def create_session(model: str | Path | bytes, *, threads: int | None = None, providers=CPU_ONLY):
+    """An InferenceSession with the chaining thread settings (model: a path or ONNX bytes), on the CPU provider
+    unless ``providers`` (ORT's list of names or ``(name, options)`` pairs) says otherwise.
 
     Bytes are handed to ORT through a sealed in-memory file where the OS has them (Linux ``memfd``), not as a
     Python ``bytes``: ORT's Python ``InferenceSession`` keeps a model given as bytes for the life of the session
@@ -125,8 +129,8 @@ def create_session(model: str | Path | bytes, *, threads: int | None = None):
 
     def make(options):
         if isinstance(model, bytes):
-            return _session_from_bytes(model, options)
-        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            return _session_from_bytes(model, options, list(providers))
+        return ort.InferenceSession(str(model), options, providers=list(providers))
 
     try:
         session = make(session_options(threads=threads))
@@ -136,18 +140,18 @@ def create_session(model: str | Path | bytes, *, threads: int | None = None):
         # someone else in this process created ORT's global pool: per-session pools are refused, so use it
         logger.info("ORT's global thread pool exists in this process; legocompile sessions use it")
         session = make(session_options(shared=True))
-    session.disable_fallback()  # CPU only: nothing to fall back to, and a bytes model could not be re-created
+    session.disable_fallback()  # no silent re-creation on other providers (and a bytes model could not be re-created)
     return session
 
 
-def _session_from_bytes(data: bytes, options):
+def _session_from_bytes(data: bytes, options, providers: list):
     import onnxruntime as ort
 
     fd = _sealed_memfd(data)
     if fd is None:  # no memfd here: ORT keeps this copy of the bytes as long as the session
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=providers)
     try:
-        return ort.InferenceSession(f"/proc/self/fd/{fd}", options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(f"/proc/self/fd/{fd}", options, providers=providers)
     finally:
         os.close(fd)  # ORT has read it; the in-memory file goes with its last descriptor
 

@@ -128,6 +128,13 @@ class TensorRTBackend:
         resources = self.resources()
         return DeviceBuffer(resources.api, tuple(shape), "float32", stream=resources.stream)
 
+    def configure(self, *, threads: int | None = None, shared: bool | None = None) -> bool:
+        """Nothing to set up per process: engines run on the GPU, on one stream (:class:`ExecutionResources`)."""
+        return False
+
+    def preload(self) -> None:
+        """Nothing imported ahead: importing TensorRT or CUDA before the probe forks is not fork-safe to rely on."""
+
     def chain(self, boundaries: Sequence[Sequence[int]], batch: int, *, use_graphs: bool = True) -> TrtChain:
         """A chain runner over one allocation of boundary buffers (for one thread; see :class:`TrtChain`)."""
         return TrtChain(self.resources(), boundaries, batch, use_graphs=use_graphs)

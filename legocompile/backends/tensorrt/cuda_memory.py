@@ -382,5 +382,9 @@ class DeviceBuffer:
         out: np.ndarray = self.host.copy()
         return out
 
+    def download(self) -> np.ndarray:
+        """A host copy of the content (the backend protocol's name for :meth:`numpy`, which copies here)."""
+        return self.numpy()
+
     def close(self) -> None:
         self._finalizer()

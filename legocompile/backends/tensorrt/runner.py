@@ -268,6 +268,22 @@ class TrtEngine:
 
         return run
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Convenience (allocating, synchronous) run from a host array to a new one: the accuracy gate and profiles.
+
+        The output's batch size is the input's; its other dimensions are the engine's (fixed by the block)."""
+        from legocompile.backends.tensorrt.cuda_memory import DeviceBuffer
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        dims = self.engine.get_tensor_shape(self.output_name)
+        out_shape = (x.shape[0], *(int(dims[i]) for i in range(1, len(dims))))
+        api, stream = self.resources.api, self.resources.stream
+        src = DeviceBuffer(api, tuple(x.shape), "float32", stream=stream)
+        dst = DeviceBuffer(api, out_shape, "float32", stream=stream)
+        src.upload(x)
+        self.bind(src, dst)()
+        return dst.download()  # same stream: waits for the run
+
 
 # ------------------------------------------------------------------------------------------------------- chains
 class TrtChain:
