@@ -62,6 +62,7 @@ def _mb(n: float) -> str:
 def _build(args, until: str = "bundle") -> None:
     from legocompile.config import normalize_precisions
     from legocompile.pipeline import BuildReport, compile
+    from legocompile.profile.accuracy import resolve_metric
     from legocompile.project import resolve_project, with_overrides
 
     project = resolve_project(args.config)
@@ -94,6 +95,7 @@ def _build(args, until: str = "bundle") -> None:
         int8_format=cfg.build.int8_format,
         tolerance=cfg.build.tolerance,
         model_name=cfg.model.name,
+        metric=resolve_metric(cfg.task.metric, search_path=cfg.root),
         progress=progress,
         report=report,
         until=until,
@@ -149,9 +151,12 @@ def external_variants(cfg) -> tuple:
 def _render_summary(d: dict) -> None:
     from rich.table import Table
 
+    from legocompile.profile.accuracy import metric_label, metric_of
+
     c = _console()
     t = d["teacher"]
-    c.print(f"[bold]{d['model']}[/]: teacher top-1 {t['accuracy'] * 100:.2f}% on {t['num_eval']} samples, "
+    c.print(f"[bold]{d['model']}[/]: teacher {metric_label(metric_of(t))} {t['accuracy'] * 100:.2f}% on "
+            f"{t['num_eval']} samples, "
             f"chained fp32 latency {t['latency_ms']:.3f} ms")
     if d.get("int8"):
         c.print(f"int8 format: {d['int8']['reason']}")
@@ -188,6 +193,12 @@ def cmd_inspect(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ optimize & run
+def _metric_label(manifest) -> str:
+    from legocompile.profile.accuracy import metric_label, metric_of
+
+    return metric_label(metric_of(manifest.teacher))
+
+
 def _render_selection(d: dict) -> None:
     from rich.table import Table
 
@@ -197,11 +208,11 @@ def _render_selection(d: dict) -> None:
         table.add_row(s["block"], s["variant"], s["precision"])
     c.print(table)
     p = d["predicted"]
-    line = f"predicted: top-1 {p['accuracy'] * 100:.2f}%, latency {p['latency_ms']:.3f} ms, memory {_mb(p['memory_bytes'])}"
+    line = f"predicted: {d.get('metric', 'top-1')} {p['accuracy'] * 100:.2f}%, latency {p['latency_ms']:.3f} ms, memory {_mb(p['memory_bytes'])}"
     c.print(line)
     if "measured" in d:
         m = d["measured"]
-        c.print(f"measured:  top-1 {m['accuracy'] * 100:.2f}%, latency {m['latency_ms']:.3f} ms "
+        c.print(f"measured:  {d.get('metric', 'top-1')} {m['accuracy'] * 100:.2f}%, latency {m['latency_ms']:.3f} ms "
                 f"(p90 {m['latency_p90_ms']:.3f}, {m['runs']} runs)")
 
 
@@ -214,7 +225,7 @@ def cmd_optimize(args) -> None:
 
     manifest = read_bundle(args.bundle, verify=False)
     sel = select_options(manifest, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
-    _emit(args, sel.to_json(), _render_selection)
+    _emit(args, sel.to_json() | {"metric": _metric_label(manifest)}, _render_selection)
 
 
 def _load_npz(path: str, input_shape: tuple[int, ...]):
@@ -251,7 +262,7 @@ def _load_npz(path: str, input_shape: tuple[int, ...]):
     if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
         raise LegoCompileError(f"{p}: x has shape {tuple(x.shape)}; the bundle's input is "
                                f"(N, {', '.join(map(str, expected))})")
-    if y.shape != (len(x),):
+    if y.ndim == 0 or len(y) != len(x):
         raise LegoCompileError(f"{p}: y has shape {tuple(y.shape)}; it must hold one label per row of x ({len(x)},)")
     if len(x) == 0:
         raise LegoCompileError(f"{p}: x and y are empty")
@@ -261,7 +272,7 @@ def _load_npz(path: str, input_shape: tuple[int, ...]):
 def _render_run(d: dict) -> None:
     _render_selection({k: v for k, v in d.items() if k != "measured"})
     m = d["measured"]
-    acc = f"top-1 {m['accuracy'] * 100:.2f}%" if m["accuracy"] is not None else f"accuracy {m['accuracy_note']}"
+    acc = f"{m['metric']} {m['accuracy'] * 100:.2f}%" if m["accuracy"] is not None else f"accuracy {m['accuracy_note']}"
     _console().print(f"measured:  {acc}, latency {m['latency_ms']:.3f} ms (p90 {m['latency_p90_ms']:.3f}, "
                      f"{m['runs']} runs)")
 
@@ -271,7 +282,8 @@ def cmd_run(args) -> None:
     which is data and names no code to run)."""
     import numpy as np
 
-    from legocompile.profile import measure_latency, top1
+    from legocompile.profile import measure_latency
+    from legocompile.profile.accuracy import bundle_metric, metric_label, metric_of
     from legocompile.project import load_dataset, resolve_project
     from legocompile.runtime import Runtime
 
@@ -287,17 +299,21 @@ def cmd_run(args) -> None:
         data = load_dataset(cfg.data_provider, search_path=cfg.root)
         ex, ey = np.ascontiguousarray(data.eval_x, dtype=np.float32), np.asarray(data.eval_y)
     sel = rt.select(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
-    measured: dict = {"accuracy": None}
-    if ex is not None:
-        measured["accuracy"] = top1(rt.predict(ex), ey)
+    measured: dict = {"accuracy": None, "metric": metric_label(metric_of(rt.manifest.teacher))}
+    try:
+        metric = bundle_metric(metric_of(rt.manifest.teacher)) if ex is not None else None
+    except LegoCompileError as e:  # the project's own metric: a bundle never makes legocompile import code
+        metric, measured["accuracy_note"] = None, str(e)
+    if metric is not None:
+        measured["accuracy"] = metric(rt.predict(ex), ey)
         measured["num_eval"] = len(ey)
-    else:
+    elif ex is None:
         measured["accuracy_note"] = "not measured (no evaluation data: pass --data FILE.npz or --config)"
     batch = shape[0]
     x = ex[:batch] if ex is not None and len(ex) >= batch else np.zeros(shape, np.float32)
     lat = measure_latency(lambda: rt(x), warmup=20, runs=args.runs)
     measured |= {"latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms, "runs": lat.runs, "batch_size": batch}
-    _emit(args, sel.to_json() | {"measured": measured}, _render_run)
+    _emit(args, sel.to_json() | {"metric": measured["metric"], "measured": measured}, _render_run)
 
 
 def _pareto_stem(bundle: str) -> Path:

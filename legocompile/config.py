@@ -71,6 +71,13 @@ class VariantsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    """What the model is for: the metric accuracy is measured in (see :mod:`legocompile.profile.accuracy`)."""
+
+    metric: str = "top1"  # "top1" | "miou" | "package.module:function" (the project's own code, build time only)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Tolerances:
     """The accuracy gate: an engine whose error exceeds its precision's tolerance is not selectable.
 
@@ -101,6 +108,7 @@ class BuildConfig:
 class ProjectConfig:
     model: ModelConfig
     data_provider: str  # "pkg.mod:fn" returning (calibration_inputs, (eval_inputs, eval_labels))
+    task: TaskConfig = field(default_factory=TaskConfig)
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -170,7 +178,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     except tomllib.TOMLDecodeError as e:
         raise LegoCompileError(f"{path.name}: not valid TOML ({e})") from None
     src, root = path.name, path.parent.resolve()
-    known = {"model", "data", "blocks", "calibration", "profile", "build", "variants"}
+    known = {"model", "data", "task", "blocks", "calibration", "profile", "build", "variants"}
     for key in doc:
         if key not in known:
             raise LegoCompileError(f"{src}: unknown section [{key}]; expected one of {', '.join(sorted(known))}")
@@ -193,6 +201,8 @@ def load_config(path: str | Path) -> ProjectConfig:
     d = _Section(src, "data", doc.get("data", {}))
     provider = _import_spec(d, "provider")
     d.finish()
+
+    task = _task(src, doc.get("task", {}))
 
     b = _Section(src, "blocks", doc.get("blocks", {}))
     cut = b.get("cut", (str, list), '"auto" or a list of module paths', "auto")
@@ -260,6 +270,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     return ProjectConfig(
         model=model,
         data_provider=provider,
+        task=task,
         blocks=blocks,
         calibration=calibration,
         profile=profile,
@@ -267,6 +278,18 @@ def load_config(path: str | Path) -> ProjectConfig:
         variants=_variants(src, root, doc.get("variants", {})),
         root=root,
     )
+
+
+def _task(src: str, table: Any) -> TaskConfig:
+    from legocompile.profile.accuracy import BUILTIN_METRICS
+
+    t = _Section(src, "task", table)
+    what = f'one of {", ".join(BUILTIN_METRICS)} or an import spec "package.module:function"'
+    metric = t.get("metric", str, what, "top1")
+    if metric not in BUILTIN_METRICS and (metric.count(":") != 1 or not all(metric.split(":"))):
+        raise t._err("metric", what, metric)
+    t.finish()
+    return TaskConfig(metric=metric)
 
 
 def _number(section: _Section, key: str, what: str, default: float, ok) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from legocompile.bundle import Manifest
+from legocompile.profile.accuracy import metric_of
 
 OPTION_FIELDS = (
     "variant", "sparsity", "precision", "backend", "params", "latency_ms", "latency_p90_ms", "memory_bytes",
@@ -15,6 +16,7 @@ OPTION_FIELDS = (
 def summary(manifest: Manifest) -> dict:
     return {
         "model": manifest.model,
+        "metric": metric_of(manifest.teacher),  # what accuracy and every accuracy_drop are measured in
         "teacher": dict(manifest.teacher),
         "device": dict(manifest.device),
         "blocks": [
@@ -28,4 +30,19 @@ def summary(manifest: Manifest) -> dict:
         ],
         "additivity": manifest.additivity,
         "int8": manifest.settings.get("int8"),
+        "retarget": _retarget(manifest),
+    }
+
+
+def _retarget(manifest: Manifest) -> dict | None:
+    """Where a retargeted bundle came from and what was measured elsewhere (None for a bundle built here)."""
+    r = manifest.settings.get("retarget")
+    if not isinstance(r, dict):
+        return None
+    src = r.get("source") if isinstance(r.get("source"), dict) else {}
+    return {
+        "backend": r.get("backend"), "accuracy": r.get("accuracy"),
+        "measured_elsewhere": r.get("measured_elsewhere", []), "timing_input": r.get("timing_input"),
+        "source": {"model": src.get("model"), "manifest_sha256": str(src.get("manifest_sha256")),
+                   "backend": list(src.get("backend") or []), "device": src.get("device")},
     }

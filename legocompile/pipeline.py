@@ -94,6 +94,7 @@ def compile(  # noqa: A001 - the public name the API promises
     int8_format: str = "auto",
     tolerance: Tolerances = Tolerances(),  # noqa: B008 (frozen)
     model_name: str | None = None,
+    metric=None,
     sparsities: Sequence[float] = (0.0,),
     channel_multiple: int | None = None,
     retrain=None,
@@ -110,13 +111,16 @@ def compile(  # noqa: A001 - the public name the API promises
         model: a trained ``torch.nn.Module`` (left unchanged, training flag included).
         example_input: a tensor of the input shape (its batch size is ignored; profiles use ``profile.batch_size``).
         calibration_data: model inputs, shape (N, ...); block i is calibrated on the teacher's activations at its input.
-        eval_data: ``(inputs, int labels)`` used for accuracy profiles and for the engines' accuracy gate.
+        eval_data: ``(inputs, labels)`` used for accuracy profiles (labels: any array the metric reads, one row per
+            input) and for the engines' accuracy gate.
         out: the bundle folder (replaced atomically; a folder that is not a bundle is refused).
         blocks: ``"auto"`` or module paths that end each block.
         max_blocks: with ``"auto"``, merge the cheapest neighbours until at most this many blocks remain.
         precisions: engines to build per block; fp32 is always built.
         work_dir: cache folder (default: ``<out>/../legocompile-work``).
         int8_format: ``auto`` (from the CPU) or a recipe name from :mod:`calibration.recipe`.
+        metric: the task metric accuracy is measured in: ``"top1"`` (default), ``"miou"``,
+            ``"package.module:function"`` or a function ``(outputs, labels) -> [0, 1]``; the bundle records its name.
         tolerance: the accuracy gate; engines beyond it stay in the bundle but are not selectable.
         sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original).
         channel_multiple: pruned groups keep a multiple of this many channels (default 8, [variants]'s default).
@@ -145,12 +149,15 @@ def compile(  # noqa: A001 - the public name the API promises
 
     calib_x = _as_array(calibration_data, "calibration_data")[: calibration.num_samples]
     eval_x = _as_array(eval_data[0], "eval inputs")
-    eval_y = np.asarray(eval_data[1]).astype(np.int64).reshape(-1)
-    if len(eval_x) != len(eval_y) or len(eval_y) == 0:
-        raise LegoCompileError(f"eval data: {len(eval_x)} inputs but {len(eval_y)} labels")
+    eval_y = np.asarray(eval_data[1])  # labels stay as given: class ids, masks, boxes... (the metric reads them)
+    if eval_y.ndim == 0 or len(eval_x) != len(eval_y) or len(eval_y) == 0:
+        raise LegoCompileError(f"eval data: {len(eval_x)} inputs but {len(eval_y) if eval_y.ndim else 0} labels")
+    from legocompile.profile.accuracy import resolve_metric
+
+    metric = resolve_metric(metric)
 
     chain, partition_err, pytorch_accuracy, example = _partition(model, example_input, blocks, max_blocks, eval_x,
-                                                                 eval_y, progress)
+                                                                 eval_y, progress, metric)
     calib_in, eval_in = _teacher_activations(chain, calib_x, eval_x, progress)
     module_keys = [module_digest(b.module, b.input_shape) for b in chain]
 
@@ -181,14 +188,15 @@ def compile(  # noqa: A001 - the public name the API promises
     from legocompile.profile.profiler import profile_engines
 
     profiles, teacher = profile_engines(ws, be, be.fingerprint(), chain=chain, engines=engines, eval_in=eval_in,
-                                        eval_y=eval_y, settings=profile, progress=progress, report=report)
+                                        eval_y=eval_y, settings=profile, progress=progress, report=report,
+                                        metric=metric)
     _check_reference_chain(teacher, pytorch_accuracy)
     selectable = [[k for k in sorted(engines, key=_option_order) if k[0] == i and gates[k]["excluded"] is None]
                   for i in range(len(chain))]
     additivity = check_additivity(
         ws, be, options=selectable, engines=engines, drops={k: v["accuracy_drop"] for k, v in profiles.items()},
         teacher_accuracy=teacher["accuracy"], eval_x=eval_x, eval_y=eval_y, num_selections=additivity_samples,
-        progress=progress,
+        progress=progress, metric=metric,
     )
     report.excluded = [f"{chain[k[0]].name} {k[1]}/{k[2]}: {g['excluded']}"
                        for k, g in sorted(gates.items(), key=lambda kv: _option_order(kv[0])) if g["excluded"]]
@@ -220,11 +228,10 @@ def _option_order(k: tuple[int, str, str]) -> tuple:
     return (k[0], k[1] != "s0", k[1], PRECISIONS.index(k[2]))
 
 
-def _partition(model, example_input, blocks, max_blocks, eval_x, eval_y, progress):
+def _partition(model, example_input, blocks, max_blocks, eval_x, eval_y, progress, metric):
     import torch
 
     from legocompile.blocks import partition, verify_partition
-    from legocompile.profile import top1
 
     example = torch.as_tensor(np.asarray(example_input, dtype=np.float32))[:1]
     with eval_mode(model):
@@ -240,7 +247,7 @@ def _partition(model, example_input, blocks, max_blocks, eval_x, eval_y, progres
     if err > PARTITION_TOLERANCE * max(1.0, scale):
         raise LegoCompileError(f"the chain of blocks differs from the model by {err:.3g}; partition is not exact")
     logger.info("partitioned into %d blocks (max |chain - model| = %.2e)", len(chain), err)
-    return chain, err, top1(logits, eval_y), example
+    return chain, err, metric(logits, eval_y), example
 
 
 def _teacher_activations(chain, calib_x, eval_x, progress):
@@ -386,7 +393,8 @@ def _reference_backend(be):
 
 
 def _check_reference_chain(teacher: dict, pytorch_accuracy: float) -> None:
-    """The all-original fp32 engine chain must classify like PyTorch, within one evaluation sample."""
+    """The all-original fp32 engine chain must score like PyTorch in the task metric, within one evaluation sample's
+    worth (``1 / n``)."""
     n = int(teacher["num_eval"])
     if abs(teacher["accuracy"] - pytorch_accuracy) > 1.0 / n + 1e-12:
         raise LegoCompileError(

@@ -202,6 +202,27 @@ def test_channel_multiple_rederives_and_retrains(tiny_model, digits_small, tmp_p
     assert r.built == {} and r.cached == {"derive": 2, "retrain": 2}
 
 
+def _top2(outputs, labels):
+    """A custom metric for the test: the label is among the two highest scores."""
+    best = np.argsort(outputs, axis=1)[:, -2:]
+    return float(np.mean((best == np.asarray(labels).reshape(-1, 1)).any(axis=1)))
+
+
+def test_metric_reprofiles_exactly_the_accuracy_stages(base_build, tmp_path):
+    def count(stage):
+        return len(list((tmp_path / "work" / stage).glob("*.json")))
+
+    shutil.copytree(base_build["root"] / "work", tmp_path / "work")
+    accuracy, timing = count("accuracy"), count("timing")
+    args = {k: base_build[k] for k in ("model", "calib", "ex", "ey")}
+    r = _build(args["model"], args["calib"], args["ex"], args["ey"], tmp_path, metric=_top2)
+    assert r.built == {"profile": 4}  # one counter for an engine's accuracy and timing: see the folders below
+    assert count("accuracy") == accuracy + 4 and count("timing") == timing  # timings all came from the cache
+    m = read_bundle(tmp_path / "bundle")
+    assert m.teacher["metric"].endswith(":_top2")
+    assert m.teacher["accuracy"] >= read_bundle(base_build["root"] / "bundle").teacher["accuracy"]  # top-2 >= top-1
+
+
 def test_excluded_engines_are_never_selected(base_build, tmp_path):
     from legocompile.optimize.select import select_options
 

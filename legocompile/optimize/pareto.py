@@ -12,6 +12,7 @@ from legocompile.bundle import Manifest
 from legocompile.optimize.frontier import pareto_frontier
 from legocompile.optimize.select import costs_of, make_selection, options_of
 from legocompile.optimize.solver import prepare
+from legocompile.profile.accuracy import metric_of
 from legocompile.workspace import atomic_produce, atomic_write_json
 
 
@@ -37,6 +38,7 @@ def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
     json_path, png_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".png")
     doc = {
         "model": manifest.model,
+        "metric": metric_of(manifest.teacher),
         "teacher": manifest.teacher,
         "num_selections": 2 * points,  # optimizer calls: `points` latency budgets + `points` memory budgets
         "frontier": entries,
@@ -62,6 +64,9 @@ def _plot(entries: list[dict], manifest: Manifest, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from legocompile.profile.accuracy import metric_label
+
+    label = f"predicted {metric_label(metric_of(manifest.teacher))} (%)"
     lat = [e["latency_ms"] for e in entries]
     acc = [e["accuracy"] * 100 for e in entries]
     mem = [e["memory_bytes"] / 1e6 for e in entries]
@@ -69,14 +74,14 @@ def _plot(entries: list[dict], manifest: Manifest, path: Path) -> None:
     sc = ax[0].scatter(lat, acc, c=mem, cmap="viridis", s=28)
     fig.colorbar(sc, ax=ax[0], label="memory (MB)")
     ax[0].set_xlabel("predicted latency (ms)")
-    ax[0].set_ylabel("predicted top-1 (%)")
+    ax[0].set_ylabel(label)
     ax[0].set_title("accuracy vs latency")
     sc = ax[1].scatter(mem, acc, c=lat, cmap="plasma", s=28)
     fig.colorbar(sc, ax=ax[1], label="latency (ms)")
     ax[1].set_xlabel("predicted memory (MB)")
     ax[1].set_title("accuracy vs memory")
     sc = ax[2].scatter(lat, mem, c=acc, cmap="cividis", s=28)
-    fig.colorbar(sc, ax=ax[2], label="predicted top-1 (%)")
+    fig.colorbar(sc, ax=ax[2], label=label)
     ax[2].set_xlabel("predicted latency (ms)")
     ax[2].set_ylabel("predicted memory (MB)")
     ax[2].set_title("latency vs memory")

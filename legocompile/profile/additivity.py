@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from legocompile.optimize.select import additive_accuracy, predicted_accuracy
-from legocompile.profile.accuracy import top1
+from legocompile.profile.accuracy import Metric, resolve_metric
 from legocompile.stage import Stage, digest
 from legocompile.workspace import Workspace, atomic_write_json
 
 EVAL_BATCH = 256
 ADDITIVITY = Stage("additivity", inputs=("options", "drops", "teacher_accuracy", "eval_inputs", "labels",
-                                         "num_selections", "seed"), tools=("onnxruntime",), format=3)
+                                         "metric", "num_selections", "seed"), tools=("onnxruntime",), format=3)
 
 
 def check_additivity(
@@ -36,13 +36,17 @@ def check_additivity(
     num_selections: int,
     seed: int = 0,
     progress,
+    metric: Metric | None = None,
 ) -> dict[str, Any] | None:
-    """Measure ``num_selections`` random full selections; report mean and max |predicted - measured| accuracy."""
+    """Measure ``num_selections`` random full selections; report mean and max |predicted - measured| accuracy (in
+    the task's metric, which the result names)."""
+    metric = resolve_metric(metric)
     if num_selections <= 0 or all(len(o) == 1 for o in options):
         return None
     key = ADDITIVITY.key(options=[[engines[k]["sha256"] for k in block] for block in options],
                          drops=[[drops[k] for k in block] for block in options], teacher_accuracy=teacher_accuracy,
-                         eval_inputs=digest(eval_x), labels=digest(eval_y), num_selections=num_selections, seed=seed)
+                         eval_inputs=digest(eval_x), labels=digest(eval_y), metric=metric.identity,
+                         num_selections=num_selections, seed=seed)
     path = ws.path("additivity", key, ".json")
     if path.exists():
         return json.loads(path.read_text())
@@ -58,7 +62,7 @@ def check_additivity(
                 if k not in loaded:
                     loaded[k] = backend.load(engines[k]["path"])
                 h = np.concatenate([loaded[k].run(h[j : j + EVAL_BATCH]) for j in range(0, len(h), EVAL_BATCH)])
-            measured = top1(h, eval_y)
+            measured = metric(h, eval_y)
             d = [drops[k] for k in choice]
             samples.append({"selection": [[k[1], k[2]] for k in choice], "measured": measured,
                             "predicted": predicted_accuracy(teacher_accuracy, d),
@@ -68,6 +72,7 @@ def check_additivity(
     additive = np.array([abs(s["predicted_additive"] - s["measured"]) for s in samples])
     result = {
         "num_selections": len(samples),
+        "metric": metric.name,
         "mean_abs_error": float(errors.mean()),
         "max_abs_error": float(errors.max()),
         "accuracy_model": "multiplicative: teacher * prod(1 - drop / teacher)",

@@ -2,8 +2,9 @@
 
 * Latency and memory: measured in the profiling probe (:mod:`legocompile.profile.probe`), a fresh process set up like
   the Runtime: engines bound to preallocated boundary buffers, real block inputs, interleaved timing rounds.
-* Accuracy drop: top-1 of the teacher chain (all original fp32 engines) minus top-1 of the same chain with this
-  engine in place of block i, on the evaluation split (in this process).
+* Accuracy drop: the task metric (:mod:`legocompile.profile.accuracy`: top-1 by default) of the teacher chain (all
+  original fp32 engines) minus the metric of the same chain with this engine in place of block i, on the evaluation
+  split (in this process).
 
 Results are cached under the declared inputs of :data:`ACCURACY`, :data:`TIMING` and :data:`TEACHER`.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from legocompile.profile.accuracy import top1
+from legocompile.profile.accuracy import Metric, resolve_metric
 from legocompile.profile.probe import ProbeEngine, run_probe
 from legocompile.stage import Stage, digest
 from legocompile.workspace import Workspace, atomic_write_json
@@ -36,7 +37,7 @@ def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
     return x
 
 
-ACCURACY = Stage("accuracy", inputs=("engine", "teacher_chain", "block_inputs", "eval_inputs", "labels"),
+ACCURACY = Stage("accuracy", inputs=("engine", "teacher_chain", "block_inputs", "eval_inputs", "labels", "metric"),
                  tools=("onnxruntime",), format=2)
 TIMING = Stage("timing", inputs=("engine", "context", "chain_input", "device", "settings"), tools=("onnxruntime",),
                format=4)  # 4: memory as the median increment over 8 instances; threads default to own pools
@@ -56,13 +57,16 @@ def profile_engines(
     settings,
     progress,
     report,
+    metric: Metric | None = None,
 ) -> tuple[dict[tuple[int, str, str], dict], dict[str, Any]]:
     """Profile every engine; return per-engine results and the teacher chain's accuracy and latency.
 
     Accuracy drops depend on the engine, the whole teacher chain (its accuracy is the reference, and the blocks
-    after the engine's finish the chain), the engine's block inputs and the labels. Latency and memory depend on
-    the engine, the chain of same-precision originals it is timed in, the input, the device and the settings.
+    after the engine's finish the chain), the engine's block inputs, the labels and the metric. Latency and memory
+    depend on the engine, the chain of same-precision originals it is timed in, the input, the device and the
+    settings.
     """
+    metric = resolve_metric(metric)
     n = len(chain)
     batch = settings.batch_size
     prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads}
@@ -77,7 +81,7 @@ def profile_engines(
     def accuracy_path(k) -> Path:
         return ws.path("accuracy", ACCURACY.key(engine=engines[k]["sha256"], teacher_chain=teacher_chain,
                                                 block_inputs=eval_digests[k[0]], eval_inputs=eval_digests[0],
-                                                labels=labels), ".json")
+                                                labels=labels, metric=metric.identity), ".json")
 
     def timing_path(k) -> Path:
         return ws.path("timing", TIMING.key(engine=engines[k]["sha256"],
@@ -104,7 +108,7 @@ def profile_engines(
             loaded[k] = backend.load(engines[k]["path"])
         return loaded[k]
 
-    teacher_acc = top1(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
+    teacher_acc = metric(_chain_from(load, teacher_keys, 0, eval_in[0]), eval_y)
     ref_out = {}
     with progress.stage("profile accuracy", len(acc_todo)) as advance:
         for k in acc_todo:
@@ -113,7 +117,7 @@ def profile_engines(
                 ref_out[i] = _run_batched(load(teacher_keys[i]), eval_in[i])
             out = _run_batched(load(k), eval_in[i])
             logits = _chain_from(load, teacher_keys, i + 1, out)
-            measured = {"accuracy_drop": teacher_acc - top1(logits, eval_y),
+            measured = {"accuracy_drop": teacher_acc - metric(logits, eval_y),
                         "output_max_abs_err": float(np.max(np.abs(out - ref_out[i])))}
             atomic_write_json(accuracy_path(k), measured)
             results[k].update(measured)
@@ -146,5 +150,5 @@ def profile_engines(
         c = measured["chain"]
         atomic_write_json(teacher_path, {"latency_ms": c["latency_ms"], "latency_p90_ms": c["latency_p90_ms"],
                                          "chain_overhead_ms": c["overhead_ms"]})
-    teacher = {"accuracy": teacher_acc, **json.loads(teacher_path.read_text()), "num_eval": int(len(eval_y))}
+    teacher = {"accuracy": teacher_acc, "metric": metric.name, **json.loads(teacher_path.read_text()), "num_eval": int(len(eval_y))}
     return results, teacher
