@@ -27,6 +27,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "input_skip": (zoo.InputSkipNet, GRAY),
     "mid_skip": (zoo.MidSkipNet, GRAY),
     "shared_weight": (zoo.SharedWeightNet, GRAY),
+    "shape_branch_vgg": (zoo.ShapeBranchVGG, GRAY),  # torch.fx alone refuses it: branches on shapes
 }
 
 RESNET18_NAMES = [

@@ -1,4 +1,4 @@
-"""Tiny, fx-traceable model definitions for tests (no torchvision).
+"""Tiny model definitions for tests (no torchvision); all fx-traceable but ``ShapeBranchVGG`` and the two refused ones.
 
 Every model runs in milliseconds on a 1x3x32x32 (or 1x1x32x32) input.
 """
@@ -236,6 +236,51 @@ class DataDependentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+class ShapeResidual(nn.Module):
+    """conv-bn-relu with a skip that is added only when the shapes match (a branch on shapes)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = conv_bn_relu(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        if y.shape == x.shape:
+            return x + y
+        return y
+
+
+class ShapeBranchVGG(nn.Module):
+    """VGG-style, with the control flow on the feature map's size that popular VGG ports have: ``torch.fx`` refuses
+    it ("symbolically traced variables cannot be used as inputs to control flow")."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(in_channels, 16), nn.MaxPool2d(2), ShapeResidual(16), conv_bn_relu(16, 32), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 32), nn.ReLU(inplace=True), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if x.shape[-1] != 4 or x.size(-2) != 4:  # pool to 4x4 unless the input already gives 4x4
+            x = nn.functional.adaptive_avg_pool2d(x, 4)
+        return self.classifier(x.view(x.size(0), -1))
+
+
+class BatchBranchNet(nn.Module):
+    """Control flow on the batch size: refused (the engines' batch axis is dynamic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
             return self.conv(x)
         return -self.conv(x)
 

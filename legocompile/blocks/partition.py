@@ -1,6 +1,7 @@
 """Cut a traced CNN into a chain of single-tensor-in, single-tensor-out blocks.
 
-:func:`partition` traces the model with ``torch.fx``, finds the points where exactly one tensor crosses from
+:func:`partition` traces the model with ``torch.fx`` (control flow on shapes is decided at the example input's shape:
+see :mod:`legocompile.blocks.trace`), finds the points where exactly one tensor crosses from
 the nodes before to the nodes after, and builds one ``fx.GraphModule`` per segment. Composing the blocks in
 order equals the model's forward (:func:`verify_partition` checks it).
 """
@@ -29,6 +30,7 @@ from legocompile.blocks.graph import (
     shape_of,
     valid_cuts,
 )
+from legocompile.blocks.trace import TraceFailure, trace
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
 
@@ -120,11 +122,10 @@ def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     name = type(model).__name__
     with eval_mode(model):
         try:
-            gm = fx.symbolic_trace(model)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+            gm, _route = trace(model, example_input)
+        except TraceFailure as exc:
             raise LegoCompileError(
-                f"cannot trace {name} with torch.fx: {_first_line(exc)} — make forward() free of "
-                "data-dependent control flow"
+                f"cannot trace {name} with torch.fx: {exc} — make forward() free of data-dependent control flow"
             ) from exc
         check_single_input(gm, name)
         _propagate_shapes(gm, example_input, name)
