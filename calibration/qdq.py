@@ -28,12 +28,20 @@ from legocompile.errors import LegoCompileError
 logger = logging.getLogger("legocompile")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+#: The channel axis of a normalization layer's scale. ORT's quantizer assumes axis 1 (the activation's channel axis)
+#: for it, but the scale is 1-D: with per-channel weights on, every standalone BatchNormalization (those ONNX export
+#: cannot fold into a conv: pre-activation DenseNet/ResNet-v2 layers) logged "Axis 1 is out-of-range for weight ..." and
+#: fell back to one scale per tensor. Axis 0 quantizes the scale per channel, as the recipe asks for weights (a layer
+#: norm's scale has the normalized shape: its last axis).
+_NORM_SCALE_AXIS = {"BatchNormalization": 0, "InstanceNormalization": 0, "LayerNormalization": -1}
+#: Part of an int8 engine's identity beyond its recipe: bump when this writer's output changes for the same inputs.
+QDQ_WRITER_VERSION = 2  # 2: per-channel normalization scales
 
 
 def _extra_options(recipe: Int8Recipe) -> dict[str, object]:
     """ORT quantizer options shared by both code paths."""
     return {"ActivationSymmetric": recipe.activation == "int8", "WeightSymmetric": recipe.weight == "int8",
-            "QuantizeBias": recipe.quantize_bias}
+            "QuantizeBias": recipe.quantize_bias, "QDQOpTypePerChannelSupportToAxis": dict(_NORM_SCALE_AXIS)}
 
 
 def _quant_type(name: str):  # -> onnxruntime.quantization.QuantType

@@ -315,6 +315,8 @@ def _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, r
 
 
 def _engines(ws, be, exported, ranges, precisions, recipe, progress, report) -> dict[tuple[int, str, str], dict]:
+    from calibration.qdq import QDQ_WRITER_VERSION  # int8 engines are QDQ graphs from this writer, whatever backend
+
     fingerprint = be.fingerprint()
     engines: dict[tuple[int, str, str], dict] = {}
     with progress.stage("engines", len(exported) * len(precisions)) as advance:
@@ -322,7 +324,8 @@ def _engines(ws, be, exported, ranges, precisions, recipe, progress, report) -> 
             for p in precisions:
                 r = ranges.get((i, name)) if p == "int8" else None
                 key = ENGINE.key(onnx=ex["sha256"], precision=p, backend=fingerprint,
-                                 ranges=r.ranges if r else None, recipe=recipe.to_json() if p == "int8" else None)
+                                 ranges=r.ranges if r else None,
+                                 recipe=[recipe.to_json(), QDQ_WRITER_VERSION] if p == "int8" else None)
                 path = ws.path("engines", key, be.engine_suffix)
                 cached = path.exists()
                 if not cached:
