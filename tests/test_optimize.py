@@ -201,6 +201,67 @@ def test_tie_heavy_tables_match_brute_force(drops):
             check_against_brute_force(costs, budget, prepared)
 
 
+def numpy_brute_force(costs, budget: Budget) -> Solution | None:
+    """Brute force over every selection with numpy (tables of ~10^5 selections), the documented order exact:
+    the candidates near the least float drop are re-evaluated with :func:`evaluate` and compared by key."""
+    grids = np.meshgrid(*[np.arange(len(block)) for block in costs], indexing="ij")
+    choices = np.stack([g.ravel() for g in grids], axis=1)
+    lat = sum(np.array([c.latency_ms for c in block])[choices[:, b]] for b, block in enumerate(costs))
+    mem = sum(np.array([c.memory_bytes for c in block], dtype=np.int64)[choices[:, b]] for b, block in enumerate(costs))
+    drop = sum(np.array([c.accuracy_drop for c in block])[choices[:, b]] for b, block in enumerate(costs))
+    fits = np.ones(len(choices), dtype=bool)
+    if budget.latency_ms is not None:
+        fits &= lat <= budget.latency_ms + 1e-9  # float sums: candidates near the bound are checked exactly below
+    if budget.memory_bytes is not None:
+        fits &= mem <= budget.memory_bytes
+    if not fits.any():
+        return None
+    near = fits & (drop <= drop[fits].min() + 1e-9)
+    best = None
+    for choice in choices[near]:
+        s = evaluate(costs, [int(v) for v in choice])
+        if not s.fits(budget):
+            continue
+        key = (s.accuracy_drop, s.latency_ms, s.memory_bytes, s.choice)
+        if best is None or key < best[0]:
+            best = (key, s)
+    return None if best is None else best[1]
+
+
+@pytest.mark.parametrize("coarse", [False, True], ids=["default", "coarse"])
+@pytest.mark.parametrize("family", ["q360", "q360-mono", "continuous"])
+def test_drop_level_bounds_on_mid_tables_match_brute_force(family, coarse, monkeypatch):
+    """The drop-level staircases (both budgets) against brute force on mid-sized tables: with the default limits
+    (continuous drops get levels coarser than the drops) and with tiny limits (16 levels, 8 points per
+    staircase), so that every table's levels and staircases are coarsened."""
+    if coarse:
+        from legocompile.optimize import solver
+
+        monkeypatch.setattr(solver, "_LEVELS", 16)
+        monkeypatch.setattr(solver, "_LEVEL_POINTS", 8)
+    rng = np.random.default_rng({"q360": 41, "q360-mono": 42, "continuous": 43}[family])
+    for _ in range(3):
+        costs = []
+        for _ in range(6):
+            latency = np.sort(rng.uniform(0.05, 1.0, 7))
+            memory = np.sort(rng.integers(100_000, 8_000_000, 7))[::-1]
+            if family == "q360":
+                drop = [int(v) / 360 for v in rng.integers(0, 4, 7)]
+            elif family == "q360-mono":
+                drop = [int(v) / 360 for v in np.sort(rng.integers(0, 60, 7))]
+            else:
+                drop = [float(v) for v in rng.uniform(0.0, 2.0, 7)]
+            costs.append([Cost(float(latency[o]), int(memory[o]), drop[o]) for o in range(7)])
+        prepared = prepare(costs)
+        for _ in range(12):
+            pick = evaluate(costs, [int(rng.integers(7)) for _ in costs])
+            slack = rng.uniform(1.0, 1.05)
+            budget = Budget(latency_ms=pick.latency_ms * slack, memory_bytes=int(pick.memory_bytes * slack))
+            expected = numpy_brute_force(costs, budget)
+            assert expected is not None
+            assert prepared.solve(budget) == expected
+
+
 def test_identical_blocks_break_complete_ties_by_smallest_choice():
     # Four copies of one block: every permutation of a selection ties on drop, latency and memory.
     block = [Cost(1.0, 400, 0.0), Cost(0.5, 700, 0.0), Cost(0.75, 500, 0.0), Cost(0.25, 900, 0.0)]
