@@ -61,7 +61,9 @@ def _mb(n: float) -> str:
 # ------------------------------------------------------------------------------------------------------ build & stages
 def _build(args, until: str = "bundle") -> None:
     from legocompile.config import normalize_precisions
-    from legocompile.pipeline import BuildReport, compile
+    from legocompile.pipeline import BuildReport, compile, require_torch
+
+    require_torch(f"legocompile {args.command}")
     from legocompile.profile.accuracy import resolve_metric
     from legocompile.project import resolve_project, with_overrides
 
@@ -177,11 +179,47 @@ def _render_summary(d: dict) -> None:
     c.print(table)
     for note in excluded:
         c.print(f"not selectable: {note}")
+    if d.get("retarget"):
+        r = d["retarget"]
+        src = r["source"]
+        c.print(f"retargeted to {r['backend']} from {src['model']} bundle {src['manifest_sha256'][:12]} "
+                f"({', '.join(src['backend'])}); accuracy drops and gate: {r['accuracy']}")
     if d.get("additivity"):
         a = d["additivity"]
         c.print(f"accuracy model check over {a['num_selections']} random selections: mean |predicted - measured| = "
                 f"{a['mean_abs_error'] * 100:.2f} pt (LegoDNN's additive model: "
                 f"{a.get('additive_mean_abs_error', float('nan')) * 100:.2f} pt)")
+
+
+def cmd_retarget(args) -> None:
+    """Engines and profiles for this device from a bundle built elsewhere (no PyTorch needed)."""
+    from legocompile.bundle import read_bundle
+    from legocompile.inspect import summary
+    from legocompile.pipeline import BuildReport
+    from legocompile.retarget import retarget
+
+    data = None
+    if args.data:
+        data = _load_npz(args.data, tuple(read_bundle(args.bundle, verify=False).input.shape))
+    report = BuildReport(bundle=Path(args.out))
+    t0 = time.perf_counter()
+    out = retarget(args.bundle, args.out, backend=args.backend, data=data, threads=args.threads,
+                   precisions=args.precision, work_dir=args.work_dir, progress=RichProgress(enabled=not args.quiet),
+                   report=report)
+    doc = {"bundle": str(out), "built": report.built, "cached": report.cached, "excluded": report.excluded,
+           "seconds": round(time.perf_counter() - t0, 2), **summary(read_bundle(out, verify=False))}
+
+    def render(d):
+        c = _console()
+        _render_summary(d)
+        for note in d["excluded"]:
+            c.print(f"the accuracy gate left out {note}")
+        built = ", ".join(f"{k} {v}" for k, v in d["built"].items()) or "nothing"
+        cached = ", ".join(f"{k} {v}" for k, v in d["cached"].items()) or "nothing"
+        c.print(f"bundle: [bold]{d['bundle']}[/]")
+        c.print(f"built: {built}; cached: {cached}; {d['seconds']:.1f} s")
+
+    _emit(args, doc, render)
 
 
 def cmd_inspect(args) -> None:
@@ -395,6 +433,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         _add_common(p)
         p.set_defaults(func=lambda a, until=until: _build(a, until))
+
+    help_text = "build engines and profiles for this device from a bundle built elsewhere (no PyTorch needed)"
+    p = sub.add_parser("retarget", help=help_text, description=help_text + ": reuses its ONNX files and int8 "
+                       "calibration ranges, runs the accuracy gate, re-profiles latency and memory here")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="the new bundle's folder (new, empty, or a bundle)")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="onnxruntime",
+                   help="engine backend of this device (default onnxruntime)")
+    p.add_argument("--data", metavar="FILE.npz", help="evaluation data (arrays x and y): gate and accuracy drops are "
+                   "measured here; without it they are kept from the source bundle, marked measured elsewhere")
+    p.add_argument("--threads", type=int, help="CPU threads per engine when profiling (default: the source's)")
+    p.add_argument("--precision", help="comma-separated subset of the source's precisions (default: all)")
+    p.add_argument("--work-dir", help="cache folder (default: legocompile-work beside --out); rerun to resume")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=cmd_retarget)
 
     p = sub.add_parser("inspect", help="summarise a bundle")
     p.add_argument("bundle")

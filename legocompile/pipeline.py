@@ -17,7 +17,7 @@ import numpy as np
 
 from legocompile._log import logger
 from legocompile.config import CalibrationConfig, ProfileConfig, Tolerances, normalize_precisions
-from legocompile.errors import LegoCompileError
+from legocompile.errors import LegoCompileError, MissingDependencyError
 from legocompile.modes import eval_mode
 from legocompile.progress import Progress, SilentProgress
 from legocompile.stage import Stage, digest, tool_version
@@ -56,6 +56,15 @@ def module_digest(module, input_shape) -> str:
         str(getattr(module, "code", type(module).__name__)), repr(module), list(input_shape),
         [[name, state[name].detach().cpu().contiguous().numpy()] for name in sorted(state)],
     ])
+
+
+def require_torch(needed_for: str) -> None:
+    """Raise a one-line :class:`MissingDependencyError` naming the ``build`` extra when PyTorch is not installed
+    (a device install leaves it out; ``inspect``, ``verify``, ``run``, ``retarget`` and the Runtime never need it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("torch", needed_for, extra="build") from None
 
 
 def _tools() -> dict[str, str]:
@@ -133,6 +142,7 @@ def compile(  # noqa: A001 - the public name the API promises
     """
     if until not in STAGES:
         raise LegoCompileError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    require_torch("legocompile.compile (building a bundle)")
     from calibration.recipe import host_recipe
     from legocompile.backends import get_backend
 
@@ -175,8 +185,8 @@ def compile(  # noqa: A001 - the public name the API promises
     exported = _export(ws, chain, variants, module_keys, calib_in, progress, report)
     if until == "export":
         return out
-    ranges = _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, report) \
-        if "int8" in precisions else {}
+    ranges, range_files = _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, report) \
+        if "int8" in precisions else ({}, {})
     if until == "calibrate":
         return out
     engines = _engines(ws, be, exported, ranges, precisions, recipe, progress, report)
@@ -216,8 +226,9 @@ def compile(  # noqa: A001 - the public name the API promises
                       "max_abs_err": partition_err},
         "pruning": pruning_summary(chain, variants, channel_multiple),
     }
+    settings["calibration"]["files"], calibration_files = _calibration_files(ws, chain, range_files, ranges)
     _write(out, be, model_name or type(model).__name__, example, chain, variants, precisions, exported, engines,
-           gates, profiles, teacher, settings, additivity, profile.batch_size, progress)
+           gates, profiles, teacher, settings, additivity, profile.batch_size, progress, calibration_files)
     return out
 
 
@@ -295,6 +306,7 @@ def _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, r
     settings = CalibrationSettings(method=calibration.method, num_samples=calibration.num_samples,
                                    percentile=calibration.percentile)
     ranges: dict[tuple[int, str], Any] = {}
+    files: dict[tuple[int, str], Path] = {}
     with progress.stage(f"calibrate ({calibration.method})", len(exported)) as advance:
         for i in range(len(chain)):
             inputs = digest(calib_in[i])
@@ -309,9 +321,10 @@ def _calibrate(ws, chain, variants, exported, calib_in, calibration, progress, r
                     r = compute_ranges(ex["path"], calib_in[i], settings)
                     r.to_json(path)
                 ranges[(i, v.name)] = r
+                files[(i, v.name)] = path
                 report.count("calibrate", cached)
                 advance()
-    return ranges
+    return ranges, files
 
 
 def _engines(ws, be, exported, ranges, precisions, recipe, progress, report) -> dict[tuple[int, str, str], dict]:
@@ -406,11 +419,41 @@ def _check_reference_chain(teacher: dict, pytorch_accuracy: float) -> None:
         )
 
 
+def _calibration_files(ws, chain, range_files, ranges) -> tuple[dict, dict[str, Path]]:
+    """Each variant's calibration ranges, and the TensorRT calibration cache written from them, as bundle files:
+    ``(settings["calibration"]["files"], bundle-relative path -> source file)``. ``retarget`` builds int8 engines for
+    another device from these ranges (see :func:`legocompile.bundle.calibration_files`)."""
+    from calibration.trt_cache import write_trt_cache
+    from legocompile.bundle.manifest import TRT_CACHE_VERSION
+
+    doc: dict[str, dict[str, dict[str, str]]] = {}
+    files: dict[str, Path] = {}
+    for (i, name), path in sorted(range_files.items()):
+        block = chain[i].name
+        entry = {"ranges": f"calibration/{block}/{name}.ranges.json"}
+        files[entry["ranges"]] = path
+        cache = ws.path("trt_cache", sha256_file(path)[:24], ".cache")
+        try:
+            if not cache.exists():
+                write_trt_cache(ranges[(i, name)], cache, trt_version=TRT_CACHE_VERSION)
+            entry["trt_cache"] = f"calibration/{block}/{name}.trt-cache"
+            files[entry["trt_cache"]] = cache
+        except LegoCompileError as e:  # a tensor name TensorRT's cache format cannot hold: the ranges still go in
+            logger.warning("%s %s: no TensorRT calibration cache in the bundle (%s)", block, name, e)
+        doc.setdefault(block, {})[name] = entry
+    return doc, files
+
+
+def engine_rel(block: str, variant: str, precision: str, suffix: str) -> str:
+    """Where an engine lives in a bundle."""
+    return f"engines/{block}/{variant}-{precision}{suffix}"
+
+
 def _write(out, be, model_name, example, chain, variants, precisions, exported, engines, gates, profiles, teacher,
-           settings, additivity, batch, progress) -> None:
+           settings, additivity, batch, progress, extra_files=None) -> None:
     from legocompile.bundle import BlockEntry, Manifest, OptionEntry, TensorSpec, write_bundle
 
-    files: dict[str, Path] = {}
+    files: dict[str, Path] = dict(extra_files or {})
     block_entries = []
     for i, block in enumerate(chain):
         options = []
@@ -420,7 +463,7 @@ def _write(out, be, model_name, example, chain, variants, precisions, exported, 
             files[onnx_rel] = ex["path"]
             for p in precisions:
                 k = (i, v.name, p)
-                rel = f"engines/{block.name}/{v.name}-{p}{be.engine_suffix}"
+                rel = engine_rel(block.name, v.name, p, be.engine_suffix)
                 files[rel] = engines[k]["path"]
                 prof, gate = profiles[k], gates[k]
                 options.append(OptionEntry(

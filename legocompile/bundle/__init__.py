@@ -3,7 +3,15 @@
 A bundle is data: reading, verifying or running one never imports or calls anything named in it.
 """
 
-from legocompile.bundle.manifest import SCHEMA_VERSION, BlockEntry, Manifest, ManifestError, OptionEntry, TensorSpec
+from legocompile.bundle.manifest import (
+    SCHEMA_VERSION,
+    BlockEntry,
+    Manifest,
+    ManifestError,
+    OptionEntry,
+    TensorSpec,
+    calibration_files,
+)
 from legocompile.bundle.reader import read_bundle, read_verified_bytes, verify_bundle
 from legocompile.bundle.writer import check_target, is_bundle_dir, write_bundle
 
@@ -14,6 +22,7 @@ __all__ = [
     "ManifestError",
     "OptionEntry",
     "TensorSpec",
+    "calibration_files",
     "check_target",
     "is_bundle_dir",
     "read_bundle",

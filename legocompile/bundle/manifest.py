@@ -7,6 +7,14 @@ that option replaced the block (so it can be slightly negative).
 Schema 2 adds ``files``: every file of the bundle except ``manifest.json`` itself (engines and ONNX exports),
 bundle-relative path -> sha256 of its bytes. The writer computes it from what it copies; the reader checks every
 entry. A bundle is data: nothing in a manifest names code to import or run.
+
+Bundles with int8 engines also carry each variant's calibration ranges (``calibration/BLOCK/VARIANT.ranges.json``,
+:class:`calibration.ranges.TensorRanges`'s JSON) and the TensorRT calibration cache written from them
+(``...trt-cache``, header ``TRT-8600``), listed in ``files`` and named in ``settings.calibration.files``
+(``{block: {variant: {"ranges": path, "trt_cache": path}}}``); :func:`calibration_files` reads that map.
+``legocompile retarget`` builds int8 engines for another device from the ranges. A bundle without the map (built
+before it existed) reads as before; only retargeting its int8 engines is refused. ``settings.retarget``, when
+present, records the bundle a retargeted bundle came from and which profiles were measured elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 from legocompile.errors import LegoCompileError
 
 SCHEMA_VERSION = 2
+TRT_CACHE_VERSION = "8600"  # the header of the TensorRT calibration cache in a bundle (TensorRT 8.6's digits)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -186,3 +195,34 @@ def check_consistency(manifest: Manifest) -> list[str]:
             if o.engine in manifest.files and manifest.files[o.engine] != o.sha256:
                 problems.append(f"{b.name} {o.variant}/{o.precision}: sha256 differs from files[{quote(o.engine)}]")
     return problems
+
+
+def calibration_files(manifest: Manifest) -> dict[tuple[str, str], dict[str, str]]:
+    """``(block, variant) -> {"ranges": path, "trt_cache": path}`` from ``settings.calibration.files`` (empty for a
+    bundle built before bundles carried calibration ranges). Every path must be listed in ``files`` (so it is
+    checksummed); the caller reads it with :func:`legocompile.bundle.read_verified_bytes`.
+
+    Raises :class:`ManifestError` (one line) when the map is malformed or names an unlisted file.
+    """
+    calibration = manifest.settings.get("calibration")
+    doc = calibration.get("files") if isinstance(calibration, dict) else None
+    if doc is None:
+        return {}
+    where = "settings.calibration.files"
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: expected an object, got {_describe(doc)}")
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for block, variants in doc.items():
+        if not isinstance(variants, dict):
+            raise ManifestError(f"{where}[{quote(block)}]: expected an object, got {_describe(variants)}")
+        for variant, entry in variants.items():
+            at = f"{where}[{quote(block)}][{quote(variant)}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("ranges"), str):
+                raise ManifestError(f"{at}: expected an object with a 'ranges' path, got {_describe(entry)}")
+            for kind, rel in entry.items():
+                if kind not in ("ranges", "trt_cache"):
+                    raise ManifestError(f"{at}: unknown key {quote(kind)}")
+                if not isinstance(rel, str) or rel not in manifest.files:
+                    raise ManifestError(f"{at}.{kind}: {quote(rel)} is not listed in files")
+            found[(block, variant)] = dict(entry)
+    return found
