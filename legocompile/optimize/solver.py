@@ -675,10 +675,21 @@ class PreparedCosts:
                             return None
                         # (the other bounds say nothing about the level: a completion's level can be below
                         # (drop - base) / delta, so the search starts at 0)
-                        level = levels.least_level(j, 0, high, r_t // qt, r_m // qm)
-                        if level is None:
+                        # the least level at which a completion fits both budgets (binary search; inline: hot)
+                        xs_j, ys_j = lv_xs[j], lv_ys[j]
+                        qrt, qrm = r_t // qt, r_m // qm
+                        i = bisect_right(xs_j[high], qrt) - 1
+                        if i < 0 or ys_j[high][i] > qrm:
                             return None  # no completion within both budgets and the incumbent's drop
-                        x = base + lv_least[j][level]
+                        low = 0
+                        while low < high:
+                            mid = (low + high) >> 1
+                            i = bisect_right(xs_j[mid], qrt) - 1
+                            if i >= 0 and ys_j[mid][i] <= qrm:
+                                high = mid
+                            else:
+                                low = mid + 1
+                        x = base + lv_least[j][low]
                         if x > lbd:
                             lbd = x
                     for g in joint:
