@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -50,8 +51,9 @@ def synthetic_bundle(root: Path, seed: int, *, blocks: int, variants: int, preci
     """A bundle with fake engine bytes and random profiles (the optimizer never loads an engine).
 
     ``coarse`` draws latencies, memory and drops from small grids, so that many selections tie exactly.
-    ``drops="zero"`` or ``"q360"``: the optimizer benchmark's adversarial families (latency rising as memory falls
-    within each block, drops all zero or random multiples of 1/360): ties on drop everywhere.
+    ``drops="zero"``, ``"q360"`` or ``"anti"``: the optimizer benchmark's adversarial families (latency rising as
+    memory falls within each block; drops all zero, random multiples of 1/360 (ties on drop everywhere) or continuous
+    and independent of latency and memory).
     """
     rng = np.random.default_rng(seed)
     src = root.parent / f"{root.name}-src"
@@ -76,7 +78,8 @@ def synthetic_bundle(root: Path, seed: int, *, blocks: int, variants: int, preci
                     k = v * len(precisions) + precisions.index(p)
                     lat = 0.05 + 0.1 * k + float(rng.uniform(0, 0.05))
                     mem = 8_000_000 - 500_000 * k - int(rng.integers(0, 100_000))
-                    drop = 0.0 if original or drops == "zero" else int(rng.integers(0, 4)) / 360
+                    drop = (0.0 if original or drops == "zero" else int(rng.integers(0, 4)) / 360 if drops == "q360"
+                            else float(rng.uniform(0.0, 0.02)))
                 elif coarse:
                     lat = 0.25 * int(rng.integers(1, 9))
                     mem = 1000 * int(rng.integers(1, 7))
@@ -135,11 +138,26 @@ def _budgets(manifest: Manifest, rng: np.random.Generator, count: int):
         yield [(lat, None), (None, mem), (lat, mem)][k % 3]
 
 
-def _parity(path: Path, count: int, seed: int) -> dict:
+def _selection_budgets(manifest: Manifest, rng: np.random.Generator, count: int):
+    """Tight budgets: the exact totals of random selections (no chain overhead), mostly both at once (where the
+    optimizers' drop-level staircases decide), some a hair below them."""
+    sel = [[o for o in b.options if o.excluded is None] for b in manifest.blocks]
+    for k in range(count):
+        chosen = [s[int(rng.integers(len(s)))] for s in sel]
+        lat = math.fsum(o.latency_ms for o in chosen)
+        mem = sum(o.memory_bytes for o in chosen)
+        if k % 5 == 3:
+            lat = math.nextafter(lat, 0.0)
+        if k % 5 == 4:
+            mem -= 1
+        yield [(lat, mem / 1e6), (lat, mem / 1e6), (lat, mem / 1e6), (lat, None), (None, mem / 1e6)][k % 5]
+
+
+def _parity(path: Path, count: int, seed: int, budgets=_budgets) -> dict:
     py = Runtime.load(path)
     cc = CppRuntime.load(path)
     counts = {"same": 0, "infeasible": 0}
-    for lat, mem in _budgets(py.manifest, np.random.default_rng(seed), count):
+    for lat, mem in budgets(py.manifest, np.random.default_rng(seed), count):
         try:
             want = py.plan(latency_ms=lat, memory_mb=mem)
         except InfeasibleBudgetError as e:
@@ -173,6 +191,16 @@ def test_same_selection_as_python_on_random_budgets(cpp_lib, tmp_path, kind):
     budgets = {"random": 250, "ties": 250, "negative-drops": 150, "large": 150, "zero-drops": 100, "q360-drops": 100}
     counts = _parity(path, budgets[kind], seed=7)
     assert counts["same"] >= budgets[kind] // 2 and counts["infeasible"] >= 1, counts
+
+
+@needs_cpp
+@pytest.mark.parametrize("drops", ["q360", "anti"])
+def test_same_selection_as_python_at_selection_totals(cpp_lib, tmp_path, drops):
+    """16 blocks x 10 options of the optimizer benchmark's adversarial families, 200 budgets at random selections'
+    exact totals (the hardest both-budget case: drop levels on a 1/360 grid, or continuous drops)."""
+    path = synthetic_bundle(tmp_path / "bundle", seed=16, blocks=16, variants=5, drops=drops, excluded=0.0)
+    counts = _parity(path, 200, seed=3, budgets=_selection_budgets)
+    assert counts["same"] >= 150, counts
 
 
 @needs_cpp

@@ -1,7 +1,9 @@
-// The exact selection solver (see solver.hpp). The bounds are the LP-relaxation branch and bound of an earlier
-// legocompile/optimize/solver.py (comments name the Python function each part mirrors), padded by tolerances far
-// above their rounding error, so they never prune a branch that could beat or tie the incumbent; every leaf is
-// compared exactly in problem.py's total order (fsum drop, fsum latency, memory, then the smallest choice).
+// The exact selection solver (see solver.hpp): the exact integer search (a port of Python's, below "exact
+// search"), and the float search for tables whose scaled totals do not fit its integers: the LP-relaxation branch
+// and bound of an earlier legocompile/optimize/solver.py (comments name the Python function each part mirrors),
+// padded by tolerances far above their rounding error, so they never prune a branch that could beat or tie the
+// incumbent; every leaf is compared exactly in problem.py's total order (fsum drop, fsum latency, memory, then the
+// smallest choice).
 #include "solver.hpp"
 
 #include <algorithm>
@@ -10,6 +12,8 @@
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -307,6 +311,818 @@ bool better(const TupleKey& k, const std::vector<int>& choice, const TupleKey& b
 
 }  // namespace
 
+// ------------------------------------------------------------------------------------------------ exact search
+// A port of legocompile/optimize/solver.py's branch and bound (PreparedCosts._search and the staircases that
+// prepare builds; comments name the Python function each part mirrors): drops and latencies scaled by a power of
+// two to exact integers (__int128), so every sum, bound and pruning decision is exact, with no tolerance. Used
+// when every scaled total fits in 100 bits (then no intermediate value exceeds 2**124); else the float search
+// above answers.
+namespace {
+
+using i128 = __int128;
+using u128 = unsigned __int128;
+using Pt = std::pair<i128, i128>;
+
+constexpr int kFitBits = 100;                   // scaled totals below 2**kFitBits
+constexpr i128 kHuge = static_cast<i128>(1) << 124;  // above any total: an absent bound, no incumbent yet
+constexpr int kLevels = 256;       // _LEVELS
+constexpr std::size_t kLevelPoints = 128;  // _LEVEL_POINTS
+constexpr int kQuantBits = 40;     // _QUANT_BITS
+constexpr std::size_t kCoarse = 256;      // _COARSE
+constexpr std::size_t kCoarseLex = 1024;  // _COARSE_LEX
+
+int bit_length(i128 v) {  // Python's int.bit_length()
+  u128 u = v < 0 ? -static_cast<u128>(v) : static_cast<u128>(v);
+  int n = 0;
+  while (u != 0) {
+    ++n;
+    u >>= 1;
+  }
+  return n;
+}
+
+i128 floor_div(i128 a, i128 b) {  // Python's a // b (b > 0)
+  i128 q = a / b;
+  if (a % b != 0 && a < 0) --q;
+  return q;
+}
+
+i128 pow2(int e) { return static_cast<i128>(1) << e; }
+
+// The correctly rounded (half to even) double of an integer.
+double to_double(i128 v) {
+  const bool neg = v < 0;
+  const u128 u = neg ? -static_cast<u128>(v) : static_cast<u128>(v);
+  const int nb = bit_length(static_cast<i128>(u));
+  double r;
+  if (nb <= 53) {
+    r = static_cast<double>(static_cast<std::uint64_t>(u));
+  } else {
+    const int drop = nb - 53;
+    u128 m = u >> drop;
+    const u128 rem = u & ((static_cast<u128>(1) << drop) - 1);
+    const u128 half = static_cast<u128>(1) << (drop - 1);
+    if (rem > half || (rem == half && (m & 1) != 0)) ++m;
+    r = std::ldexp(static_cast<double>(static_cast<std::uint64_t>(m)), drop);
+  }
+  return neg ? -r : r;
+}
+
+// x == mant * 2**exp, mant odd (0 for x == 0).
+void decompose(double x, std::int64_t& mant, int& exp) {
+  mant = 0;
+  exp = 0;
+  if (x == 0) return;
+  int e = 0;
+  const double f = std::frexp(x, &e);
+  mant = static_cast<std::int64_t>(std::ldexp(f, 53));
+  exp = e - 53;
+  while (mant % 2 == 0) {
+    mant /= 2;
+    ++exp;
+  }
+}
+
+// floor((a + b) / 2) for neighbouring doubles a, b (|a|, |b| < 2**120), exactly (_half_sum_scaled's use).
+i128 floor_half_sum(double a, double b) {
+  std::int64_t ma, mb;
+  int ea, eb;
+  decompose(a, ma, ea);
+  decompose(b, mb, eb);
+  if (ma == 0) ea = eb;
+  if (mb == 0) eb = ea;
+  const int low = std::min(ea, eb);
+  const i128 m = static_cast<i128>(ma) * pow2(ea - low) + static_cast<i128>(mb) * pow2(eb - low);
+  const int e = low - 1;  // (a + b) / 2 == m * 2**e
+  if (e >= 0) return m * pow2(e);
+  if (-e >= 126) return m < 0 ? -1 : 0;
+  return floor_div(m, pow2(-e));
+}
+
+// _band: the integers v with to_double(v) == x (x integer-valued), as (lo, hi).
+std::pair<i128, i128> band(double x) {
+  i128 lo = -floor_half_sum(-x, -std::nextafter(x, -kInf));  // ceil of the midpoint with the float below
+  if (to_double(lo) != x) ++lo;  // the midpoint itself rounds to the float below (ties to even)
+  i128 hi = floor_half_sum(x, std::nextafter(x, kInf));
+  if (to_double(hi) != x) --hi;
+  return {lo, hi};
+}
+
+// _limit: the largest integer v with to_double(v) <= x.
+i128 limit_of(double x) {
+  if (!(std::fabs(x) < std::ldexp(1.0, 120))) return x > 0 ? kHuge : -kHuge;
+  i128 hi = floor_half_sum(x, std::nextafter(x, kInf));
+  while (to_double(hi) > x) --hi;
+  return hi;
+}
+
+// _ratio: (a, b) powers of two with b / a the power of two nearest num / den, times 2**step; the exponents
+// clamped to max_a and max_b (any positive ratio gives a valid bound).
+std::pair<i128, i128> ratio(i128 num, i128 den, int step, int max_a, int max_b) {
+  const double e_real = std::nearbyint(std::log2(to_double(num)) - std::log2(to_double(den)));
+  int e = static_cast<int>(e_real) + step;
+  if (e >= 0) return {1, pow2(std::max(0, std::min(e, max_b)))};
+  return {pow2(std::max(0, std::min(-e, max_a))), 1};
+}
+
+// _pareto: the non-dominated points, x ascending, y descending.
+std::vector<Pt> pareto(std::vector<Pt> points) {
+  std::sort(points.begin(), points.end());
+  std::vector<Pt> front;
+  for (const Pt& p : points)
+    if (front.empty() || p.second < front.back().second) front.push_back(p);
+  return front;
+}
+
+// Coarsens a staircase (x ascending, y descending) of more than `limit` points: per slice of the x range, the
+// slice's least x and least y (a point dominating the slice).
+template <class P>
+void coarsen(std::vector<P>& front, std::size_t limit) {
+  if (front.size() <= limit) return;
+  const auto first = front.front().first;
+  const auto width = (front.back().first - first) / static_cast<decltype(first)>(limit) + 1;
+  std::size_t out = 0;
+  auto slice_of = (front[0].first - first) / width;
+  for (std::size_t i = 1; i < front.size(); ++i) {
+    const auto s = (front[i].first - first) / width;
+    if (s == slice_of) {
+      front[out].second = front[i].second;
+    } else {
+      front[++out] = front[i];
+      slice_of = s;
+    }
+  }
+  front.resize(out + 1);
+}
+
+// out = the Pareto front of a's points and b's shifted by (dx, dy), both fronts (x ascending, y descending): a
+// merge in (x, y) order and a scan, so the same points as sorting the union and scanning it.
+template <class T>
+void merge_front(const std::vector<std::pair<T, T>>& a, const std::vector<std::pair<T, T>>& b, T dx, T dy,
+                 std::vector<std::pair<T, T>>& out) {
+  out.clear();
+  std::size_t i = 0, k = 0;
+  while (i < a.size() || k < b.size()) {
+    std::pair<T, T> p;
+    if (k == b.size()) {
+      p = a[i++];
+    } else {
+      const std::pair<T, T> q{b[k].first + dx, b[k].second + dy};
+      if (i < a.size() && !(q < a[i])) {
+        p = a[i++];
+      } else {
+        p = q;
+        ++k;
+      }
+    }
+    if (out.empty() || p.second < out.back().second) out.push_back(p);
+  }
+}
+
+struct Stair {  // xs ascending, ys descending
+  std::vector<i128> xs, ys;
+};
+using IStairs = std::vector<Stair>;  // per suffix j = 1..n (n: the empty suffix)
+
+// _staircases: the Pareto staircases of the suffix sums of (x, y) (one point per option), suffixes 1..n-1.
+IStairs staircases(const std::vector<std::vector<Pt>>& blocks, std::size_t limit) {
+  const std::size_t n = blocks.size();
+  IStairs out(n + 1);
+  out[n].xs = {0};
+  out[n].ys = {0};
+  std::vector<Pt> front{{0, 0}}, acc, tmp;
+  for (std::size_t j = n - 1; j >= 1; --j) {
+    acc.clear();
+    for (const Pt& p : pareto(blocks[j])) {  // the previous staircase shifted by each point of the block
+      merge_front(acc, front, p.first, p.second, tmp);
+      acc.swap(tmp);
+    }
+    front.swap(acc);
+    if (limit > 0) coarsen(front, limit);
+    for (const Pt& p : front) {
+      out[j].xs.push_back(p.first);
+      out[j].ys.push_back(p.second);
+    }
+  }
+  return out;
+}
+
+// ys[bisect_right(xs, r) - 1]: the least y of a point with x <= r (kHuge when none: nothing fits).
+inline i128 y_at(const Stair& s, i128 r) {
+  const auto it = std::upper_bound(s.xs.begin(), s.xs.end(), r);
+  return it == s.xs.begin() ? kHuge : s.ys[static_cast<std::size_t>(it - s.xs.begin()) - 1];
+}
+
+// xs[bisect_left(-ys, -r)]: the least x of a point with y <= r (kHuge when none).
+inline i128 x_at(const Stair& s, i128 r) {
+  const auto it = std::lower_bound(s.ys.begin(), s.ys.end(), r, std::greater<i128>());
+  return it == s.ys.end() ? kHuge : s.xs[static_cast<std::size_t>(it - s.ys.begin())];
+}
+
+}  // namespace
+
+struct PreparedCosts::Exact {
+  struct IOpt {
+    i128 d, t, m;
+    int index;
+  };
+  struct Joint {  // every completion within (r_t, r_m) has a*drop >= y(x_t*r_t + x_m*r_m) - (s_t*r_t + s_m*r_m)
+    i128 x_t, x_m, s_t, s_m, a;
+    IStairs stairs;
+  };
+  struct Levels {  // _Levels
+    i128 delta = 0, qt = 1, qm = 1;
+    std::vector<i128> base;
+    std::vector<int> top;
+    std::vector<std::vector<i128>> least;
+    std::vector<std::vector<std::vector<std::int64_t>>> xs, ys;  // [j][level]
+  };
+
+  int drop_exp = 0, lat_exp = 0;  // scales 2**drop_exp, 2**lat_exp
+  std::vector<int> order;         // search position -> block
+  std::vector<int> first_index;   // per block
+  std::vector<std::vector<IOpt>> blocks;  // search order, each sorted by (drop, latency, memory, index)
+  std::vector<i128> min_d, min_t, min_m;  // per suffix
+  bool drops_vary = false;
+  IStairs dt, dm, tm;
+  std::vector<Joint> joint;
+  bool has_lex = false;
+  i128 lex_a = 1, lex_b = 1;
+  IStairs lex;
+  bool has_levels = false;
+  Levels levels;
+
+  static std::shared_ptr<const Exact> make(const std::vector<std::vector<Opt>>& filtered,
+                                           const std::vector<int>& first_index);
+  std::optional<Solution> search(std::optional<double> latency_ms, std::optional<std::int64_t> memory_bytes) const;
+  double drop_value(i128 v) const { return std::ldexp(to_double(v), -drop_exp); }
+  double lat_value(i128 v) const { return std::ldexp(to_double(v), -lat_exp); }
+};
+
+namespace {
+
+using Exact = PreparedCosts::Exact;
+
+// _level_step: the drop step of the levels (0 when all drops tie).
+i128 level_step(const std::vector<std::vector<i128>>& residuals) {
+  std::vector<i128> values;
+  i128 total = 0;
+  for (const auto& block : residuals) {
+    i128 top = 0;
+    for (i128 r : block) {
+      if (r > 0) values.push_back(r);
+      top = std::max(top, r);
+    }
+    total += top;
+  }
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  const i128 coarse = (total + kLevels - 1) / kLevels;
+  i128 g = 0;
+  for (i128 r : values) {
+    i128 a = g, b = r;
+    while (b != 0) {
+      const i128 t = a % b;
+      a = b;
+      b = t;
+    }
+    g = a;
+  }
+  if (total / g <= kLevels) return g;  // exact integer grid
+  for (int parts = 1; parts < 5; ++parts) {  // the smallest residual is 1..4 units
+    const double unit = to_double(values[0]) / parts;
+    bool grid = true;
+    for (i128 r : values) {
+      const double q = to_double(r) / unit;
+      if (!(std::fabs(q - std::nearbyint(q)) <= 1e-6)) {
+        grid = false;
+        break;
+      }
+    }
+    if (grid) {
+      const i128 step = static_cast<i128>(unit * (1 - 1e-9));
+      if (step > 0 && total / step <= kLevels) return step;
+      break;
+    }
+  }
+  return std::max<i128>(coarse, 1);
+}
+
+// _level_staircases
+bool level_staircases(const std::vector<std::vector<Exact::IOpt>>& blocks, Exact::Levels& out) {
+  const std::size_t n = blocks.size();
+  std::vector<std::vector<i128>> residuals;
+  for (const auto& block : blocks) {
+    residuals.emplace_back();
+    for (const auto& o : block) residuals.back().push_back(o.d - block[0].d);
+  }
+  const i128 delta = level_step(residuals);
+  if (delta == 0) return false;
+  i128 total_t = 0, total_m = 0;
+  for (const auto& block : blocks) {
+    i128 mt = 0, mm = 0;
+    for (const auto& o : block) {
+      mt = std::max(mt, o.t);
+      mm = std::max(mm, o.m);
+    }
+    total_t += mt;
+    total_m += mm;
+  }
+  out.delta = delta;
+  out.qt = std::max<i128>(1, total_t >> kQuantBits);
+  out.qm = std::max<i128>(1, total_m >> kQuantBits);
+  out.base.assign(n + 1, 0);
+  out.top.assign(n + 1, 0);
+  out.least.assign(n + 1, {});
+  out.xs.assign(n + 1, {});
+  out.ys.assign(n + 1, {});
+  using P64 = std::pair<std::int64_t, std::int64_t>;
+  std::vector<std::vector<P64>> prev{{{0, 0}}};
+  std::vector<i128> least{0};
+  int top = 0;
+  std::vector<P64> front, tmp;
+  for (std::size_t j = n - 1; j >= 1; --j) {
+    const auto& block = blocks[j];
+    out.base[j] = out.base[j + 1] + block[0].d;
+    std::vector<int> lv;
+    int max_lv = 0;
+    for (std::size_t o = 0; o < block.size(); ++o) {
+      lv.push_back(static_cast<int>(residuals[j][o] / delta));
+      max_lv = std::max(max_lv, lv.back());
+    }
+    const int new_top = top + max_lv;
+    std::vector<std::vector<P64>> cur(static_cast<std::size_t>(new_top) + 1);
+    for (int c = 0; c <= new_top; ++c) {
+      front.clear();
+      for (std::size_t o = 0; o < block.size(); ++o) {
+        if (lv[o] > c) continue;
+        merge_front(front, prev[static_cast<std::size_t>(std::min(c - lv[o], top))],
+                    static_cast<std::int64_t>(block[o].t / out.qt), static_cast<std::int64_t>(block[o].m / out.qm),
+                    tmp);
+        front.swap(tmp);
+      }
+      coarsen(front, kLevelPoints);
+      cur[static_cast<std::size_t>(c)] = front;
+    }
+    std::vector<i128> next(static_cast<std::size_t>(new_top) + 1);
+    for (int c = 0; c <= new_top; ++c) {
+      bool any = false;
+      i128 best = 0;
+      for (std::size_t o = 0; o < block.size(); ++o) {
+        if (c - lv[o] > top) continue;
+        const i128 v = residuals[j][o] + least[static_cast<std::size_t>(std::max(c - lv[o], 0))];
+        if (!any || v < best) best = v;
+        any = true;
+      }
+      next[static_cast<std::size_t>(c)] = best;
+    }
+    least.swap(next);
+    prev.swap(cur);
+    top = new_top;
+    out.top[j] = top;
+    out.least[j] = least;
+    out.xs[j].resize(prev.size());
+    out.ys[j].resize(prev.size());
+    for (std::size_t c = 0; c < prev.size(); ++c)
+      for (const P64& p : prev[c]) {
+        out.xs[j][c].push_back(p.first);
+        out.ys[j][c].push_back(p.second);
+      }
+  }
+  return true;
+}
+
+}  // namespace
+
+std::shared_ptr<const Exact> Exact::make(const std::vector<std::vector<Opt>>& filtered,
+                                         const std::vector<int>& first_index) {
+  auto x = std::make_shared<Exact>();
+  const std::size_t n = filtered.size();
+  // _scale: the smallest powers of two that make every drop and latency an integer.
+  int drop_exp = 0, lat_exp = 0;
+  for (const auto& block : filtered)
+    for (const Opt& o : block) {
+      std::int64_t mant;
+      int e;
+      decompose(o.drop, mant, e);
+      if (mant != 0) drop_exp = std::max(drop_exp, -e);
+      decompose(o.lat, mant, e);
+      if (mant != 0) lat_exp = std::max(lat_exp, -e);
+    }
+  if (drop_exp > kFitBits || lat_exp > kFitBits) return nullptr;
+  x->drop_exp = drop_exp;
+  x->lat_exp = lat_exp;
+  // _to_int, with the fit check: every scaled value below 2**(kFitBits - 8), every total below 2**kFitBits.
+  auto to_int = [](double v, int scale_exp, bool& fits) -> i128 {
+    std::int64_t mant;
+    int e;
+    decompose(v, mant, e);
+    if (mant == 0) return 0;
+    const int shift = e + scale_exp;
+    if (bit_length(mant) + shift > kFitBits - 8) {
+      fits = false;
+      return 0;
+    }
+    return static_cast<i128>(mant) * pow2(shift);
+  };
+  bool fits = true;
+  std::vector<std::vector<IOpt>> scaled(n);
+  std::array<i128, 3> totals{0, 0, 0};  // sums of the blocks' largest |drop|, latency, memory
+  for (std::size_t b = 0; b < n; ++b) {
+    std::array<i128, 3> top{0, 0, 0};
+    for (const Opt& o : filtered[b]) {
+      const IOpt io{to_int(o.drop, drop_exp, fits), to_int(o.lat, lat_exp, fits), static_cast<i128>(o.mem), o.index};
+      if (!fits) return nullptr;
+      scaled[b].push_back(io);
+      top[0] = std::max(top[0], io.d < 0 ? -io.d : io.d);
+      top[1] = std::max(top[1], io.t);
+      top[2] = std::max(top[2], io.m);
+    }
+    for (int a = 0; a < 3; ++a) totals[a] += top[a];
+  }
+  std::array<int, 3> room{};  // the largest weight exponent per attribute: weight * 3 * total < 2**120
+  for (int a = 0; a < 3; ++a) {
+    if (bit_length(totals[a]) > kFitBits) return nullptr;
+    room[a] = 120 - bit_length(3 * totals[a] + 2);
+  }
+  x->first_index = first_index;
+
+  // Search order: the blocks whose options differ most first (ranges relative to the table's).
+  std::vector<std::array<i128, 3>> ranges(n);
+  std::array<i128, 3> spans{0, 0, 0};
+  for (std::size_t b = 0; b < n; ++b) {
+    for (int a = 0; a < 3; ++a) {
+      i128 lo = 0, hi = 0;
+      for (std::size_t k = 0; k < scaled[b].size(); ++k) {
+        const IOpt& o = scaled[b][k];
+        const i128 v = a == 0 ? o.d : a == 1 ? o.t : o.m;
+        if (k == 0 || v < lo) lo = v;
+        if (k == 0 || v > hi) hi = v;
+      }
+      ranges[b][a] = hi - lo;
+      spans[a] += hi - lo;
+    }
+  }
+  std::vector<std::pair<double, int>> keyed;
+  for (std::size_t b = 0; b < n; ++b) {
+    double spread = 0;
+    for (int a = 0; a < 3; ++a)
+      if (spans[a] > 0) spread += to_double(ranges[b][a]) / to_double(spans[a]);
+    keyed.emplace_back(-spread, static_cast<int>(b));
+  }
+  std::sort(keyed.begin(), keyed.end());
+  for (const auto& kv : keyed) {
+    x->order.push_back(kv.second);
+    auto block = scaled[static_cast<std::size_t>(kv.second)];
+    std::sort(block.begin(), block.end(), [](const IOpt& p, const IOpt& q) {
+      return std::tie(p.d, p.t, p.m, p.index) < std::tie(q.d, q.t, q.m, q.index);
+    });
+    x->blocks.push_back(std::move(block));
+  }
+  const auto& blocks = x->blocks;
+  x->min_d.assign(n + 1, 0);
+  x->min_t.assign(n + 1, 0);
+  x->min_m.assign(n + 1, 0);
+  for (std::size_t j = n; j-- > 0;) {
+    i128 d = blocks[j][0].d, t = blocks[j][0].t, m = blocks[j][0].m;
+    for (const IOpt& o : blocks[j]) {
+      d = std::min(d, o.d);
+      t = std::min(t, o.t);
+      m = std::min(m, o.m);
+    }
+    x->min_d[j] = x->min_d[j + 1] + d;
+    x->min_t[j] = x->min_t[j + 1] + t;
+    x->min_m[j] = x->min_m[j + 1] + m;
+  }
+  auto stairs = [&](auto fx, auto fy, std::size_t limit) {
+    std::vector<std::vector<Pt>> pts;
+    for (const auto& block : blocks) {
+      pts.emplace_back();
+      for (const IOpt& o : block) pts.back().emplace_back(fx(o), fy(o));
+    }
+    return staircases(pts, limit);
+  };
+  for (std::size_t j = 1; j < n; ++j)
+    if (blocks[j].front().d != blocks[j].back().d) x->drops_vary = true;
+  const auto d_of = [](const IOpt& o) { return o.d; };
+  const auto t_of = [](const IOpt& o) { return o.t; };
+  const auto m_of = [](const IOpt& o) { return o.m; };
+  x->dt = stairs(t_of, d_of, 0);
+  x->dm = stairs(m_of, d_of, 0);
+  x->tm = stairs(t_of, m_of, 0);
+  if (n > 1 && spans[0] > 0) {
+    if (spans[1] > 0 && spans[2] > 0) {
+      const auto [c, e] = ratio(spans[1], spans[2], 0, room[1], room[2]);  // _SURROGATE_STEPS = (0,)
+      x->joint.push_back({c, e, 0, 0, 1, stairs([c = c, e = e](const IOpt& o) { return c * o.t + e * o.m; },
+                                                d_of, kCoarse)});
+    }
+    if (spans[1] > 0) {
+      for (int step : {-2, 0, 2}) {  // _RATIO_STEPS
+        const auto [a, b] = ratio(spans[0], spans[1], step, room[0], room[1]);
+        x->joint.push_back({0, 1, b, 0, a, stairs(m_of, [a = a, b = b](const IOpt& o) { return a * o.d + b * o.t; },
+                                                  kCoarse)});
+      }
+      // Lexicographic: a drop step (the least gap between two drops of a block) outweighs any latency span.
+      i128 gap = 0;
+      for (const auto& block : blocks)
+        for (const IOpt& p : block)
+          for (const IOpt& q : block)
+            if (p.d > q.d && (gap == 0 || p.d - q.d < gap)) gap = p.d - q.d;
+      const auto [a, b] = ratio(gap, 4 * spans[1], -1, room[0], room[1]);
+      x->has_lex = true;
+      x->lex_a = a;
+      x->lex_b = b;
+      x->lex = stairs(m_of, [a = a, b = b](const IOpt& o) { return a * o.d + b * o.t; }, kCoarseLex);
+    }
+    if (spans[2] > 0) {
+      for (int step : {-2, 0, 2}) {
+        const auto [a, b] = ratio(spans[0], spans[2], step, room[0], room[2]);
+        x->joint.push_back({1, 0, 0, b, a, stairs(t_of, [a = a, b = b](const IOpt& o) { return a * o.d + b * o.m; },
+                                                  kCoarse)});
+      }
+    }
+  }
+  x->has_levels = n > 1 && x->drops_vary && level_staircases(blocks, x->levels);
+  return x;
+}
+
+namespace {
+
+// PreparedCosts._search's state and nested functions.
+class ExactSearch {
+ public:
+  ExactSearch(const Exact& x, std::optional<double> latency_ms, std::optional<std::int64_t> memory_bytes)
+      : x_(x), n_(x.blocks.size()), last_(n_ - 1) {
+    has_l_ = latency_ms.has_value();
+    has_m_ = memory_bytes.has_value();
+    lim_t_ = has_l_ ? limit_of(std::ldexp(*latency_ms, x.lat_exp)) : kHuge;
+    lim_m_ = has_m_ ? static_cast<i128>(*memory_bytes) : kHuge;
+    if (has_l_ && has_m_)
+      for (std::size_t g = 0; g < x.joint.size(); ++g) joint_.push_back(&x.joint[g]);
+    lex_ = has_m_ && x.has_lex;
+    levels_ = has_l_ && has_m_ && x.has_levels ? &x.levels : nullptr;
+    path_.assign(n_, 0);
+    choice_.assign(n_, 0);
+    branches_.resize(n_);
+  }
+
+  std::optional<Solution> run() {
+    dfs(0, 0, 0, 0);
+    if (!have_inc_) return std::nullopt;
+    Solution s;
+    s.choice = inc_choice_;
+    s.latency_ms = inc_t_;
+    s.memory_bytes = static_cast<std::int64_t>(inc_m_);
+    s.accuracy_drop = inc_d_;
+    return s;
+  }
+
+ private:
+  struct Branch {
+    i128 bd, bt, nd, nt, nm;
+    int index;
+    long seen;
+  };
+
+  // smallest_choice: the smallest choice (block order) of a selection extending path[:k] + [index].
+  const std::vector<int>& smallest_choice(std::size_t k, int index) {
+    choice_ = x_.first_index;
+    for (std::size_t p = 0; p < k; ++p) choice_[static_cast<std::size_t>(x_.order[p])] = path_[p];
+    choice_[static_cast<std::size_t>(x_.order[k])] = index;
+    return choice_;
+  }
+
+  // The least drop level in [0, high] at which a completion fits (qrt, qrm), or -1 (_Levels.least_level).
+  bool level_fits(std::size_t j, int level, std::int64_t qrt, std::int64_t qrm) const {
+    const auto& xs = levels_->xs[j][static_cast<std::size_t>(level)];
+    const auto it = std::upper_bound(xs.begin(), xs.end(), qrt);
+    return it != xs.begin() &&
+           levels_->ys[j][static_cast<std::size_t>(level)][static_cast<std::size_t>(it - xs.begin()) - 1] <= qrm;
+  }
+
+  static std::int64_t quantised(i128 r, i128 q) {
+    const i128 v = floor_div(r, q);
+    return v > INT64_MAX ? INT64_MAX : v < INT64_MIN ? INT64_MIN : static_cast<std::int64_t>(v);
+  }
+
+  // least_latency: a lower bound on the latency of blocks j.. in a completion with drop <= cap, memory <= r_m.
+  i128 least_latency(std::size_t j, i128 cap, i128 r_m) const {
+    i128 lbt = x_.drops_vary ? x_at(x_.dt[j], cap) : x_.min_t[j];
+    if (has_m_) {
+      i128 v = x_at(x_.tm[j], r_m);
+      if (v > lbt) lbt = v;
+      if (lex_) {
+        v = -floor_div(x_.lex_a * cap - y_at(x_.lex[j], r_m), x_.lex_b);
+        if (v > lbt) lbt = v;
+      }
+      if (levels_ != nullptr) {
+        i128 level = floor_div(cap - levels_->base[j], levels_->delta);
+        if (level < 0) return kHuge;
+        if (level > levels_->top[j]) level = levels_->top[j];
+        const auto& ys = levels_->ys[j][static_cast<std::size_t>(level)];
+        const auto it = std::lower_bound(ys.begin(), ys.end(), quantised(r_m, levels_->qm), std::greater<>());
+        if (it == ys.end()) return kHuge;
+        v = levels_->xs[j][static_cast<std::size_t>(level)][static_cast<std::size_t>(it - ys.begin())] *
+            static_cast<i128>(levels_->qt);
+        if (v > lbt) lbt = v;
+      }
+    }
+    return lbt;
+  }
+
+  // drop_bound: a lower bound on the total drop of the completions of a prefix (nd, nt, nm), blocks j.. left,
+  // that fit the budgets; false when none fits or none can tie or beat the incumbent's drop.
+  bool drop_bound(std::size_t j, i128 nd, i128 nt, i128 nm, i128& out) {
+    const i128 r_t = lim_t_ - nt;
+    const i128 r_m = lim_m_ - nm;
+    if (r_t < x_.min_t[j] || r_m < x_.min_m[j]) return false;
+    const i128 cap = d_hi_ - nd;
+    i128 lbd = x_.min_d[j];
+    if (lbd > cap) return false;
+    if (has_l_ && x_.drops_vary) {
+      const i128 v = y_at(x_.dt[j], r_t);
+      if (v > lbd) {
+        if (v > cap) return false;
+        lbd = v;
+      }
+    }
+    if (has_m_) {
+      if (x_.drops_vary) {
+        const i128 v = y_at(x_.dm[j], r_m);
+        if (v > lbd) {
+          if (v > cap) return false;
+          lbd = v;
+        }
+      }
+      if (has_l_) {
+        if (y_at(x_.tm[j], r_t) > r_m) return false;  // no completion fits both budgets
+        if (levels_ != nullptr) {
+          const i128 base = levels_->base[j];
+          i128 high = floor_div(cap - base, levels_->delta);
+          if (high > levels_->top[j]) high = levels_->top[j];
+          if (high < 0) return false;
+          const std::int64_t qrt = quantised(r_t, levels_->qt), qrm = quantised(r_m, levels_->qm);
+          int hi = static_cast<int>(high);
+          if (!level_fits(j, hi, qrt, qrm)) return false;  // nothing within both budgets and the drop cap
+          int lo = 0;
+          while (lo < hi) {
+            const int mid = (lo + hi) >> 1;
+            if (level_fits(j, mid, qrt, qrm))
+              hi = mid;
+            else
+              lo = mid + 1;
+          }
+          const i128 v = base + levels_->least[j][static_cast<std::size_t>(lo)];
+          if (v > lbd) lbd = v;
+        }
+        for (std::size_t k = 0; k < joint_.size(); ++k) {
+          const Exact::Joint& g = *joint_[k];
+          const i128 v = -floor_div(g.s_t * r_t + g.s_m * r_m - y_at(g.stairs[j], g.x_t * r_t + g.x_m * r_m), g.a);
+          if (v > lbd) {
+            if (v > cap) {
+              if (k != 0) {  // move to front: the bound that pruned is tried first
+                joint_.erase(joint_.begin() + static_cast<std::ptrdiff_t>(k));
+                joint_.insert(joint_.begin(), &g);
+              }
+              return false;
+            }
+            lbd = v;
+          }
+        }
+      }
+    }
+    out = nd + lbd;
+    return true;
+  }
+
+  // tie_bound: for a prefix (path[:j-1] + [index], totals nd, nt, nm) whose drop cannot beat the incumbent's:
+  // false when no completion can beat it on latency, memory, then choice; else a lower bound on the latency.
+  bool tie_bound(std::size_t j, i128 nd, i128 nt, i128 nm, int index, i128& out) {
+    const i128 cap = d_hi_ - nd;
+    const i128 r_t = lim_t_ - nt;
+    const i128 r_m = lim_m_ - nm;
+    const i128 bt = nt + least_latency(j, cap, r_m);
+    if (bt > t_hi_) return false;
+    if (bt >= t_lo_) {  // nor can the latency: memory decides, then the choice
+      const i128 tau = std::min(t_hi_ - nt, r_t);
+      i128 lbm = x_.drops_vary ? x_at(x_.dm[j], cap) : x_.min_m[j];
+      i128 v = y_at(x_.tm[j], tau);
+      if (v > lbm) lbm = v;
+      if (levels_ != nullptr) {
+        i128 level = floor_div(cap - levels_->base[j], levels_->delta);
+        if (level > levels_->top[j]) level = levels_->top[j];
+        if (level < 0) return false;
+        const auto& xs = levels_->xs[j][static_cast<std::size_t>(level)];
+        const auto it = std::upper_bound(xs.begin(), xs.end(), quantised(tau, levels_->qt));
+        if (it == xs.begin()) return false;
+        v = levels_->ys[j][static_cast<std::size_t>(level)][static_cast<std::size_t>(it - xs.begin()) - 1] *
+            static_cast<i128>(levels_->qm);
+        if (v > lbm) lbm = v;
+      }
+      const i128 bm = nm + lbm;
+      if (bm > inc_m_ || (bm == inc_m_ && !(smallest_choice(j - 1, index) < inc_choice_))) return false;
+    }
+    out = bt;
+    return true;
+  }
+
+  // leaves: the last block, complete selections.
+  void leaves(i128 pd, i128 pt, i128 pm) {
+    for (const Exact::IOpt& o : x_.blocks[last_]) {
+      const i128 nt = pt + o.t, nm = pm + o.m;
+      if (nt > lim_t_ || nm > lim_m_) continue;
+      const i128 nd = pd + o.d;
+      if (nd > d_hi_ || (nd >= d_lo_ && (nt > t_hi_ || (nt >= t_lo_ && nm > inc_m_)))) continue;
+      const double dv = x_.drop_value(nd), tv = x_.lat_value(nt);
+      const std::vector<int>& choice = smallest_choice(last_, o.index);
+      if (have_inc_) {
+        if (dv != inc_d_) {
+          if (dv > inc_d_) continue;
+        } else if (tv != inc_t_) {
+          if (tv > inc_t_) continue;
+        } else if (nm != inc_m_) {
+          if (nm > inc_m_) continue;
+        } else if (!(choice < inc_choice_)) {
+          continue;
+        }
+      }
+      have_inc_ = true;
+      inc_d_ = dv;
+      inc_t_ = tv;
+      inc_m_ = nm;
+      inc_choice_ = choice;
+      std::tie(d_lo_, d_hi_) = band(to_double(nd));
+      std::tie(t_lo_, t_hi_) = band(to_double(nt));
+      ++version_;
+    }
+  }
+
+  void dfs(std::size_t k, i128 pd, i128 pt, i128 pm) {
+    if (k == last_) {
+      leaves(pd, pt, pm);
+      return;
+    }
+    const std::size_t j = k + 1;
+    std::vector<Branch>& branches = branches_[k];
+    branches.clear();
+    for (const Exact::IOpt& o : x_.blocks[k]) {
+      const i128 nd = pd + o.d, nt = pt + o.t, nm = pm + o.m;
+      i128 bd = 0, bt = 0;
+      if (!drop_bound(j, nd, nt, nm, bd)) continue;
+      if (bd < d_lo_) {
+        branches.push_back({bd, 0, nd, nt, nm, o.index, version_});
+        continue;
+      }
+      if (tie_bound(j, nd, nt, nm, o.index, bt)) branches.push_back({bd, bt, nd, nt, nm, o.index, version_});
+    }
+    if (branches.size() > 1) {
+      if (!have_inc_) {
+        // Before the first incumbent: the least drop bound first, the least latency bound first among them.
+        i128 least = branches[0].bd;
+        for (const Branch& b : branches) least = std::min(least, b.bd);
+        for (Branch& b : branches)
+          b.bt = b.bd == least ? b.nt + least_latency(j, b.bd - b.nd, lim_m_ - b.nm) : kHuge;
+      }
+      std::sort(branches.begin(), branches.end(), [](const Branch& a, const Branch& b) {
+        if (a.bd != b.bd) return a.bd < b.bd;
+        if (a.bt != b.bt) return a.bt < b.bt;
+        return a.index < b.index;
+      });
+    }
+    for (std::size_t i = 0; i < branches.size(); ++i) {
+      const Branch br = branches[i];
+      if (br.bd > d_hi_) break;  // sorted by drop bound: no later branch can tie or beat the incumbent
+      i128 unused = 0;
+      if (br.seen != version_ && br.bd >= d_lo_ && !tie_bound(j, br.nd, br.nt, br.nm, br.index, unused))
+        continue;  // the incumbent improved since this branch was bounded, and now it ties on drop
+      path_[k] = br.index;
+      dfs(j, br.nd, br.nt, br.nm);
+    }
+  }
+
+  const Exact& x_;
+  const std::size_t n_, last_;
+  bool has_l_ = false, has_m_ = false, lex_ = false;
+  const Exact::Levels* levels_ = nullptr;
+  std::vector<const Exact::Joint*> joint_;  // reordered during the search
+  i128 lim_t_ = kHuge, lim_m_ = kHuge;
+  i128 d_lo_ = kHuge, d_hi_ = kHuge, t_lo_ = kHuge, t_hi_ = kHuge, inc_m_ = kHuge;
+  bool have_inc_ = false;
+  double inc_d_ = 0, inc_t_ = 0;
+  std::vector<int> inc_choice_;
+  long version_ = 0;
+  std::vector<int> path_, choice_;
+  std::vector<std::vector<Branch>> branches_;
+};
+
+}  // namespace
+
+std::optional<Solution> Exact::search(std::optional<double> latency_ms,
+                                      std::optional<std::int64_t> memory_bytes) const {
+  return ExactSearch(*this, latency_ms, memory_bytes).run();
+}
+
 // ------------------------------------------------------------------------------------------------ PreparedCosts
 PreparedCosts::PreparedCosts(const CostTable& costs) {
   if (costs.empty()) throw user_error("the cost table has no blocks: nothing to select");
@@ -342,6 +1158,12 @@ PreparedCosts::PreparedCosts(const CostTable& costs) {
   max_latency_ms = fsum(max_l);
   scale_drop_ = fsum(scale);
   tol_factor_ = static_cast<double>(8 * (total_options + 8)) * kEps;
+  exact_ = Exact::make(blocks_, first_index_);
+  if (exact_) {
+    unconstrained = *exact_->search(std::nullopt, std::nullopt);
+    return;
+  }
+  // The float search (only for tables whose scaled totals do not fit the exact search's integers).
   std::vector<std::vector<double>> drops, lats;
   for (const auto& block : blocks_) {
     drops.emplace_back();
@@ -434,7 +1256,7 @@ Solution PreparedCosts::solve(std::optional<double> latency_ms, std::optional<st
   if ((!latency_ms || unconstrained.latency_ms <= *latency_ms) &&
       (!memory_bytes || unconstrained.memory_bytes <= *memory_bytes))
     return unconstrained;
-  auto result = branch_and_bound(latency_ms, memory_bytes);
+  auto result = exact_ ? exact_->search(latency_ms, memory_bytes) : branch_and_bound(latency_ms, memory_bytes);
   if (!result) throw SolverInfeasible{min_latency_ms, min_memory_bytes};
   return *result;
 }

@@ -3,18 +3,26 @@
 // then the lexicographically smallest choice. Its minimum is unique, so any exact solver returns the same
 // selection as Python's legocompile/optimize/solver.py on every budget, ties included.
 //
-// This one is a depth-first branch and bound over a fixed block order (Python's: widest spread first), options in
-// increasing reduced cost. Bounds: LP relaxations (Lagrangian multipliers, suffix hulls: the previous Python
-// solver's, ported), Pareto staircases of the suffix sums ((memory, drop), (latency, drop), (memory, latency) and
-// a lexicographic (memory, w*drop + latency)), and a choice-aware tie prune. Every bound is computed in floats and
-// padded by a tolerance far above its rounding error, so it never prunes a branch that could beat or tie the
-// incumbent; each leaf is compared exactly in the order above (fsum totals, Python's per-block option filter).
-// Python's current solver uses exact integer staircases throughout and is faster on its adversarial 1/360-drop
-// families at 16 x 10 (there this one takes up to ~1.5 s per solve); the answers are the same.
+// The search is a port of Python's (PreparedCosts._search, see that module's docstring): drops and latencies
+// scaled by a power of two to exact integers (__int128), a depth-first branch and bound over Python's block order
+// with bounds from precomputed Pareto staircases of the suffix sums ((latency, drop), (memory, drop),
+// (latency, memory), a lexicographic (memory, a*drop + b*latency), Lagrangian and surrogate joint ones) and the
+// drop-level staircases (per suffix and drop level, the (latency, memory) staircase: exact drop bounds under both
+// budgets on a 1/N_eval grid, and the latency and memory among drop ties). Same constants, same bounds, same
+// branch order as Python's (up to float roundings in a few heuristics: the block order, the ratios; they change the
+// speed, never the answer; the ratios are clamped to keep every value below 2**124). Used whenever the table's
+// scaled totals fit in 100 bits (the optimizer benchmark's tables: at most 71).
+//
+// Otherwise (drops or latencies far below the others' last bit, e.g. 1e-40 next to 0.1) the older float search
+// answers: LP relaxations (Lagrangian multipliers, suffix hulls), float staircases and a choice-aware tie prune,
+// every bound padded by a tolerance far above its rounding error, each leaf compared exactly in the order above.
+// It is exact too but has no drop-level bounds: measured up to 264 s for one solve on the benchmark's 16 x 15
+// q360-mono tables under a memory budget.
 // Compile without FMA contraction (-ffp-contract=off) and without -ffast-math.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -41,6 +49,8 @@ class PreparedCosts {
   double max_latency_ms = 0;
   std::int64_t max_memory_bytes = 0;
   Solution unconstrained;
+
+  struct Exact;  // the exact integer search (solver.cpp, a port of Python's): an implementation detail
 
   struct Opt {  // an option after dominance filtering: (drop, latency, memory, index in its block)
     double drop;
@@ -70,6 +80,7 @@ class PreparedCosts {
     double mu;
     std::vector<std::vector<int>> selections;
   };
+  std::shared_ptr<const Exact> exact_;  // null when the table's scaled totals do not fit (then the float search)
   const std::vector<Hull>& cached_hulls(int kind) const;  // 0 latency, 1 memory, 2 least memory, 3 least latency
   std::optional<Multipliers> multipliers(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;
   std::optional<Solution> branch_and_bound(std::optional<double> lat_cap, std::optional<std::int64_t> mem_cap) const;

@@ -155,6 +155,9 @@ void test_solver_against_enumeration() {
     const int blocks = 1 + static_cast<int>(rng() % 5);
     const bool coarse = trial % 2 == 0;  // coarse values make ties (exact sums, equal drops)
     const bool identical = trial % 6 == 4;  // every block the same: ties by permutation
+    // drops of 1e-40 next to ordinary ones: scaled to integers they need far more than 128 bits, so the solver
+    // falls back to its float search
+    const bool tiny = trial % 10 == 7;
     lc::CostTable table(blocks);
     for (auto& block : table) {
       if (identical && &block != &table[0]) {
@@ -167,19 +170,33 @@ void test_solver_against_enumeration() {
         const double lat = coarse ? 0.25 * static_cast<double>(1 + rng() % 8) : 0.05 + u(rng);
         const std::int64_t mem = coarse ? 1000 * static_cast<std::int64_t>(1 + rng() % 6)
                                         : 1000 + static_cast<std::int64_t>(rng() % 100000);
-        const double drop = coarse ? 0.125 * static_cast<double>(rng() % 5) : -std::log(1 - 0.3 * u(rng));
+        double drop = coarse ? 0.125 * static_cast<double>(rng() % 5) : -std::log(1 - 0.3 * u(rng));
+        if (tiny && rng() % 3 == 0) drop = 1e-40 * static_cast<double>(1 + rng() % 4);
         block.push_back({lat, mem, drop});
       }
     }
     const lc::PreparedCosts prepared(table);
-    for (int k = 0; k < 10; ++k) {
+    for (int k = 0; k < 16; ++k) {
       std::uniform_real_distribution<double> u(0, 1);
       std::optional<double> L;
       std::optional<std::int64_t> M;
-      if (k % 3 != 1) L = prepared.min_latency_ms * 0.9 + u(rng) * (prepared.max_latency_ms - prepared.min_latency_ms * 0.9);
-      if (k % 3 != 0)
-        M = static_cast<std::int64_t>(static_cast<double>(prepared.min_memory_bytes) * 0.9 +
-                                      u(rng) * static_cast<double>(prepared.max_memory_bytes - prepared.min_memory_bytes));
+      if (k < 10) {
+        if (k % 3 != 1)
+          L = prepared.min_latency_ms * 0.9 + u(rng) * (prepared.max_latency_ms - prepared.min_latency_ms * 0.9);
+        if (k % 3 != 0)
+          M = static_cast<std::int64_t>(static_cast<double>(prepared.min_memory_bytes) * 0.9 +
+                                        u(rng) * static_cast<double>(prepared.max_memory_bytes - prepared.min_memory_bytes));
+      } else {  // tight: the exact totals of a random selection (mostly both budgets: the drop-level staircases)
+        std::vector<double> lats;
+        std::int64_t mem = 0;
+        for (const auto& block : table) {
+          const lc::Cost& c = block[rng() % block.size()];
+          lats.push_back(c.latency_ms);
+          mem += c.memory_bytes;
+        }
+        if (k != 10) L = lc::fsum(lats);
+        if (k != 11) M = mem;
+      }
       Key want{};
       const bool feasible = brute(table, L, M, want);
       ++total;
