@@ -18,8 +18,11 @@ adding a folder and one line in :data:`BACKENDS`.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
+
+import numpy as np
 
 from legocompile.errors import LegoCompileError
 
@@ -39,6 +42,22 @@ class Buffer(Protocol):
     def download(self) -> Any:
         """A new host numpy array holding the content, owned by the caller (the chain's output end)."""
         ...
+
+
+@dataclass
+class HostBuffer:
+    """A float32 numpy array holding one block boundary in host memory (the CPU backends' buffer)."""
+
+    array: np.ndarray
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+    def upload(self, x: np.ndarray) -> None:
+        np.copyto(self.array, x, casting="same_kind")
+
+    def download(self) -> np.ndarray:
+        return self.array.copy()
 
 
 class Engine(Protocol):

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from legocompile.backends.base import HostBuffer
 from legocompile.backends.onnxrt.session import configure_threads, create_session, session_options
 from legocompile.errors import LegoCompileError
 from legocompile.export import INPUT_NAME, OUTPUT_NAME
@@ -22,20 +23,10 @@ from legocompile.workspace import atomic_produce
 
 
 @dataclass
-class OrtBuffer:
+class OrtBuffer(HostBuffer):
     """A float32 numpy array and the OrtValue that shares its memory."""
 
-    array: np.ndarray
     value: object
-
-    def numpy(self) -> np.ndarray:
-        return self.array
-
-    def upload(self, x: np.ndarray) -> None:
-        np.copyto(self.array, x, casting="same_kind")
-
-    def download(self) -> np.ndarray:
-        return self.array.copy()
 
 
 class OrtEngine:

@@ -25,13 +25,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from legocompile.backends.onnxrt.backend import OnnxRuntimeBackend
+from legocompile.backends.onnxrt.backend import OnnxRuntimeBackend, OrtEngine
 from legocompile.errors import LegoCompileError, MissingDependencyError
-from legocompile.export import INPUT_NAME, OUTPUT_NAME
 from legocompile.workspace import atomic_produce
 
 PRECISION_KEY = "legocompile.precision"
@@ -135,8 +134,8 @@ class DeviceBuffer:
         return self.numpy()
 
 
-class GpuEngine:
-    """A session on the GPU providers; ``bind`` binds device buffers once (IOBinding)."""
+class GpuEngine(OrtEngine):
+    """A session on the GPU providers; ``bind`` (OrtEngine's) binds device buffers' OrtValues once (IOBinding)."""
 
     def __init__(self, model: bytes | Path, backend: "_OrtGpuBackend") -> None:
         import onnx
@@ -152,21 +151,6 @@ class GpuEngine:
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise LegoCompileError(f"{backend.name}: could not create a session: {first}") from None
-
-    def bind(self, src: DeviceBuffer, dst: DeviceBuffer) -> Callable[[], None]:
-        session = self.session
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(INPUT_NAME, src.value)
-        binding.bind_ortvalue_output(OUTPUT_NAME, dst.value)
-
-        def run(_run=session.run_with_iobinding, _binding=binding, _keep=(src, dst)) -> None:
-            _run(_binding, None)
-
-        return run
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return out
 
 
 class _OrtGpuBackend:

@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import platform
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from legocompile.backends.base import HostBuffer
 from legocompile.errors import LegoCompileError
 from legocompile.export import INPUT_NAME
 from legocompile.workspace import atomic_produce
 
 QDQ_OPSET = 21
-
-
-@dataclass
-class HostBuffer:
-    """A float32 numpy array (one block boundary)."""
-
-    array: np.ndarray
-
-    def numpy(self) -> np.ndarray:
-        return self.array
-
-    def upload(self, x: np.ndarray) -> None:
-        np.copyto(self.array, x, casting="same_kind")
-
-    def download(self) -> np.ndarray:
-        return self.array.copy()
 
 
 class ReferenceEngine:
