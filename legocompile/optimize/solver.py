@@ -273,32 +273,14 @@ class _Levels:
     at most that level: the 3-D information that bounds the drop exactly under both budgets at once.
 
     Drops are split as ``drop = least drop of the block + residual``; a residual becomes the level
-    ``residual // delta``. ``delta`` is the gcd of all residuals when the table has at most ``_LEVELS`` levels
-    that way (drops on a grid such as multiples of 1/N_eval: the levels are then exact), else a coarser step
-    (continuous drops: every completion's drop is at least ``base + delta * level``, a lower bound). Latency and
+    ``residual // delta``, ``delta`` from :func:`_level_step` (the grid of the drops when they lie on one, such as
+    multiples of 1/N_eval: the levels are then exact; else a coarser step, and ``least`` gives the bound). Latency and
     memory are floored to units ``qt`` and ``qm`` (a completion within ``r`` has quantised total ``<= r // q``),
     and a staircase of more than ``_LEVEL_POINTS`` points is coarsened to dominating points. So every look-up is
     a valid relaxation: "no point fits" proves that no completion fits.
     """
 
     __slots__ = ("delta", "base", "qt", "qm", "top", "least", "xs", "ys", "neg_ys")
-
-    def feasible(self, j: int, level: int, rt: int, rm: int) -> bool:
-        xs = self.xs[j][level]
-        i = bisect_right(xs, rt) - 1
-        return i >= 0 and self.ys[j][level][i] <= rm
-
-    def least_level(self, j: int, low: int, high: int, rt: int, rm: int) -> int | None:
-        """The least level in ``[low, high]`` at which some point fits ``(rt, rm)`` (quantised), or None."""
-        if not self.feasible(j, high, rt, rm):
-            return None
-        while low < high:
-            mid = (low + high) // 2
-            if self.feasible(j, mid, rt, rm):
-                high = mid
-            else:
-                low = mid + 1
-        return low
 
 
 def _level_step(residuals: list[list[int]]) -> int:

@@ -893,7 +893,7 @@ class ExactSearch {
     return choice_;
   }
 
-  // The least drop level in [0, high] at which a completion fits (qrt, qrm), or -1 (_Levels.least_level).
+  // The least drop level in [0, high] at which a completion fits (qrt, qrm), or -1 (the binary search in solver.py's drop_bound).
   bool level_fits(std::size_t j, int level, std::int64_t qrt, std::int64_t qrm) const {
     const auto& xs = levels_->xs[j][static_cast<std::size_t>(level)];
     const auto it = std::upper_bound(xs.begin(), xs.end(), qrt);
