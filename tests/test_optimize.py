@@ -23,6 +23,21 @@ from legocompile.optimize import (
     solve_pulp,
 )
 
+# --- both engines: every test runs with the pure-Python search and with the native (C++) solver ----------------
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def engine(request, monkeypatch):
+    """Runs the test with ``$LEGOCOMPILE_SOLVER`` forcing each engine (native: skipped, with the reason, when the
+    library is not built; tests/test_native_solver.py compares the two directly)."""
+    from legocompile.optimize import native_solver
+
+    if request.param == "native" and native_solver.load() is None:
+        pytest.skip("the native solver library is not built (pip install -e . with a C++17 compiler)")
+    monkeypatch.setenv(native_solver.ENGINE_ENV, request.param)
+    return request.param
+
+
 # --- helpers -----------------------------------------------------------------------------------------------------
 
 

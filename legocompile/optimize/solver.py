@@ -5,6 +5,15 @@ which costs tens of milliseconds per call plus a solver process spawn and tempor
 the runtime switching path (``rt.select(latency_ms=...)``), where it must answer in about a millisecond, allocate
 little and need no subprocess. pulp stays as the reference formulation that the tests check this solver against.
 
+**Engines.** :class:`PreparedCosts` hands the search to the C++ port of it (``lc::PreparedCosts``,
+legocompile/runtime/cpp/src/solver.cpp, through :mod:`legocompile.optimize.native_solver`) when its library is built
+(``pip install`` compiles it; ``$LEGOCOMPILE_SOLVER=auto|native|python``): the same answers, far faster
+(``benchmarks/bench_optimizer.py`` measures both). Everything else stays here, for both engines: validating the
+table, the bounds' shortcuts in :meth:`PreparedCosts.solve_raw`, the totals
+(:func:`~legocompile.optimize.problem.evaluate`: ``math.fsum``) and :class:`InfeasibleBudgetError`. The search
+below is the fallback (no library, memory totals beyond int64, scales beyond the C++ exact search, a failed native
+call) and the reference the tests compare the C++ one with.
+
 **The order** (see :mod:`legocompile.optimize.problem`): the least ``accuracy_drop``, then the least
 ``latency_ms``, then the least ``memory_bytes`` (drops and latencies compared as their ``math.fsum`` totals, i.e.
 correctly rounded), then the lexicographically smallest ``choice`` (option indices in block order). The order is
@@ -86,14 +95,17 @@ exact dyadic rationals (``_half_sum_scaled``).
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
+from legocompile.optimize import native_solver
 from legocompile.optimize.problem import (
     Budget,
     Cost,
     InfeasibleBudgetError,
     Solution,
+    evaluate,
     validate_costs,
 )
 
@@ -376,6 +388,25 @@ def _level_staircases(blocks: list[list[_Option]]) -> _Levels | None:
     return out
 
 
+# The C++ solver's exact integer search takes tables whose scaled values fit 92 bits and totals 100 (solver.cpp,
+# kFitBits; its scales are over the options it keeps, at most Python's, so this check is conservative). Beyond
+# (drops far below the others' last bit, e.g. 1e-40 next to 0.1) it falls back to a float search without drop-level
+# bounds (measured up to 264 s on a 16 x 15 table), so such tables are searched here instead.
+_NATIVE_FIT_BITS = 100
+_PREPARE_LOCK = threading.Lock()  # the lazy _prepare_search after a native failure
+
+
+def _fits_native(filtered: list[list[_Option]], drop_scale: int, latency_scale: int) -> bool:
+    """Whether the C++ solver searches this table (scaled as :class:`PreparedCosts` does) with its exact search."""
+    if max(drop_scale, latency_scale).bit_length() - 1 > _NATIVE_FIT_BITS:
+        return False
+    for a in range(3):
+        tops = [max(abs(o[a]) for o in block) for block in filtered]
+        if max(tops).bit_length() > _NATIVE_FIT_BITS - 8 or sum(tops).bit_length() > _NATIVE_FIT_BITS:
+            return False
+    return True
+
+
 class PreparedCosts:
     """A cost table prepared for repeated :meth:`solve` calls (the staircases of every suffix built once).
 
@@ -390,10 +421,13 @@ class PreparedCosts:
             bound at or above it constrains nothing).
         max_memory_bytes: Likewise for memory.
         unconstrained: The optimum without any budget.
+        engine: ``"native"`` when the C++ solver answers (:mod:`legocompile.optimize.native_solver`), else
+            ``"python"`` (the search below). Both return the same selections.
     """
 
     __slots__ = (
         "costs",
+        "engine",
         "min_latency_ms",
         "min_memory_bytes",
         "max_latency_ms",
@@ -412,13 +446,23 @@ class PreparedCosts:
         "_joint",
         "_drops_vary",
         "_levels",
+        "_filtered",
+        "_native",
+        "_search_ready",
     )
 
-    def __init__(self, costs: Sequence[Sequence[Cost]]) -> None:
+    def __init__(self, costs: Sequence[Sequence[Cost]], engine: str | None = None) -> None:
         """Validates and prepares ``costs``.
 
+        Args:
+            costs: ``costs[b][o]`` is the cost of option ``o`` of block ``b``.
+            engine: ``"auto"``, ``"native"`` or ``"python"`` (default: ``$LEGOCOMPILE_SOLVER``, else auto; see
+                :func:`~legocompile.optimize.native_solver.choose_engine`). A table the C++ solver cannot take
+                exactly (memory totals beyond int64, scaled totals beyond its exact search) is searched in Python.
+
         Raises:
-            LegoCompileError: The table has no blocks, a block has no options, or an entry is not a Cost.
+            LegoCompileError: The table has no blocks, a block has no options, or an entry is not a Cost; an
+                unknown engine, or ``native`` when the library is not built.
         """
         validate_costs(costs)
         self.costs = tuple(tuple(block) for block in costs)
@@ -429,7 +473,6 @@ class PreparedCosts:
                      for o, c in enumerate(block)])
             for block in self.costs
         ]
-        n = len(filtered)
         self.min_latency_ms = math.fsum(min(c.latency_ms for c in block) for block in self.costs)
         self.min_memory_bytes = sum(min(c.memory_bytes for c in block) for block in self.costs)
         self.max_latency_ms = math.fsum(
@@ -437,6 +480,27 @@ class PreparedCosts:
         )
         self.max_memory_bytes = sum(max(o[2] for o in block) for block in filtered)
         self._first_index = tuple(min(o[3] for o in block) for block in filtered)
+        self._filtered = filtered
+        self._search_ready = False
+        self._native: native_solver.NativeTable | None = None
+        if native_solver.choose_engine(engine) == "native" and _fits_native(filtered, sd, st):
+            try:
+                self._native = native_solver.NativeTable(self.costs)
+            except native_solver.NativeSolverError:
+                pass  # searched in Python
+        self.engine = "python" if self._native is None else "native"
+        if self._native is None:
+            self._prepare_search()
+        unconstrained = self._search(None, None)
+        assert unconstrained is not None
+        self.unconstrained = unconstrained
+
+    def _prepare_search(self) -> None:
+        """Builds what the Python search needs (once; lazily when the native solver fails a solve)."""
+        if self._search_ready:
+            return
+        filtered = self._filtered
+        n = len(filtered)
 
         # Search order: the blocks whose options differ most first (ranges relative to the table's): the most
         # consequential choices are made where a pruned branch saves the most (measured: about halves the worst
@@ -494,15 +558,12 @@ class PreparedCosts:
 
         # Drop-level staircases: exact (latency, memory) feasibility per drop level for both budgets at once.
         self._levels = _level_staircases(blocks) if n > 1 and self._drops_vary else None
-
-        unconstrained = self._search(None, None)
-        assert unconstrained is not None
-        self.unconstrained = unconstrained
+        self._search_ready = True
 
     @property
     def num_blocks(self) -> int:
         """The number of blocks."""
-        return len(self._blocks)
+        return len(self.costs)
 
     def solve(self, budget: Budget) -> Solution:
         """Returns the selection with the least total accuracy drop that fits ``budget``.
@@ -552,6 +613,21 @@ class PreparedCosts:
         return InfeasibleBudgetError(budget, self.min_latency_ms, self.min_memory_bytes)
 
     def _search(self, latency_ms: float | None, memory_bytes: float | None) -> Solution | None:
+        """The optimum within the bounds (the engine's search), None when nothing fits."""
+        if self._native is not None:
+            try:
+                choice = self._native.solve(
+                    None if latency_ms is None else float(latency_ms),
+                    None if memory_bytes is None else math.floor(memory_bytes),
+                )
+            except native_solver.NativeSolverError:
+                with _PREPARE_LOCK:
+                    self._prepare_search()
+            else:
+                return None if choice is None else evaluate(self.costs, choice)
+        return self._python_search(latency_ms, memory_bytes)
+
+    def _python_search(self, latency_ms: float | None, memory_bytes: float | None) -> Solution | None:
         """The branch and bound (see the module docstring); None when nothing fits."""
         blocks = self._blocks
         order = self._order
@@ -791,16 +867,18 @@ def _unvalidated_budget(latency_ms: float | None, memory_bytes: int | None) -> B
     return budget
 
 
-def prepare(costs: Sequence[Sequence[Cost]]) -> PreparedCosts:
+def prepare(costs: Sequence[Sequence[Cost]], engine: str | None = None) -> PreparedCosts:
     """Prepares a cost table for repeated :func:`solve` calls.
 
     Args:
         costs: ``costs[b][o]`` is the cost of option ``o`` of block ``b``.
+        engine: ``"auto"``, ``"native"`` or ``"python"`` (default: ``$LEGOCOMPILE_SOLVER``, else auto).
 
     Raises:
-        LegoCompileError: The table has no blocks, a block has no options, or an entry is not a Cost.
+        LegoCompileError: The table has no blocks, a block has no options, or an entry is not a Cost; an
+            unknown engine, or ``native`` when the library is not built.
     """
-    return PreparedCosts(costs)
+    return PreparedCosts(costs, engine)
 
 
 def solve(costs: Sequence[Sequence[Cost]] | PreparedCosts, budget: Budget) -> Solution:
