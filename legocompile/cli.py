@@ -67,7 +67,7 @@ def _build(args, until: str = "bundle") -> None:
     from legocompile.profile.accuracy import resolve_metric
     from legocompile.project import resolve_project, with_overrides
 
-    project = resolve_project(args.config)
+    project = resolve_project(args.config, example=args.example)
     precisions = normalize_precisions(args.precision, "--precision") if args.precision else None
     project = with_overrides(project, precisions=precisions, out=args.out, backend=args.backend)
     cfg = project.config
@@ -407,6 +407,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from legocompile import __version__
     from legocompile.backends import BACKENDS
+    from legocompile.project import EXAMPLES
 
     parser = argparse.ArgumentParser(
         prog="legocompile",
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, until) in stages.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="project file (default: ./legocompile.toml, else the built-in example)")
+        p.add_argument("--example", choices=list(EXAMPLES), help="build a built-in example, ignoring "
+                       "./legocompile.toml: classification (the default example) or segmentation (mIoU)")
         p.add_argument("--precision", help="comma-separated: fp32,fp16,int8 (fp32 is always built)")
         p.add_argument("--out", help="bundle folder (default from the project, else ./legocompile-out)")
         p.add_argument("--backend", choices=sorted(BACKENDS), help="engine backend (default from the project, "

@@ -23,11 +23,7 @@ class Project:
     is_example: bool
 
     def load_model(self):
-        if self.is_example:
-            from legocompile.examples import load_example_model
-
-            return load_example_model()
-        m = self.config.model
+        m = self.config.model  # the examples' factories load their shipped weights themselves
         return load_model(m.factory, m.weights, search_path=self.config.root)
 
     def load_data(self) -> "Dataset":
@@ -92,8 +88,36 @@ def example_config(out: Path | None = None) -> ProjectConfig:
     )
 
 
-def resolve_project(config: str | Path | None) -> Project:
-    """``--config`` if given, else ``./legocompile.toml`` if present, else the built-in example."""
+def segmentation_example_config(out: Path | None = None) -> ProjectConfig:
+    """The second built-in example: per-pixel digit classes (legocompile.examples.segmentation), measured in mIoU."""
+    from legocompile.config import BlocksConfig, ModelConfig, TaskConfig, VariantsConfig
+    from legocompile.examples import segmentation as seg
+
+    cwd = Path.cwd()
+    return ProjectConfig(
+        model=ModelConfig(name=seg.MODEL_NAME, factory="legocompile.examples.segmentation:load_model", weights=None,
+                          input_shape=seg.INPUT_SHAPE),
+        data_provider="legocompile.examples.segmentation:dataset",
+        task=TaskConfig(metric="miou"),
+        blocks=BlocksConfig(cut=("stem", "hg1", "hg2", "hg3", "head")),  # the hourglasses: each keeps its own skip
+        build=BuildConfig(work_dir=cwd / "legocompile-work", out=(out or cwd / "legocompile-out-segmentation")),
+        variants=VariantsConfig(sparsities=EXAMPLE_SPARSITIES, epochs=10),
+        root=cwd,
+    )
+
+
+EXAMPLES = {"classification": example_config, "segmentation": segmentation_example_config}
+
+
+def resolve_project(config: str | Path | None, example: str | None = None) -> Project:
+    """``example`` (a name in ``EXAMPLES``) if given, else ``--config`` if given, else ``./legocompile.toml`` if
+    present, else the built-in classification example."""
+    if example is not None:
+        if config is not None:
+            raise LegoCompileError("--example and --config exclude each other: build a built-in example or a project")
+        if example not in EXAMPLES:
+            raise LegoCompileError(f"unknown example {example!r}; choose from {', '.join(EXAMPLES)}")
+        return Project(EXAMPLES[example](), is_example=True)
     if config is not None:
         return Project(load_config(config), is_example=False)
     if Path(DEFAULT_CONFIG).is_file():
