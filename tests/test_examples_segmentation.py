@@ -154,6 +154,8 @@ def test_reduced_example_build_runs_like_pytorch_and_reports_miou(tmp_path, monk
 
     assert main(["inspect", str(out)]) == 0
     assert f"teacher mIoU {m.teacher['accuracy'] * 100:.2f}%" in capsys.readouterr().out
+    assert main(["pareto", str(out), "--points", "6", "--out", str(tmp_path / "front")]) == 0
+    assert "mIoU " in capsys.readouterr().out  # the frontier's summary names the metric too
 
 
 def test_example_flag_refuses_a_config_too_in_one_line(tmp_path, capsys):
