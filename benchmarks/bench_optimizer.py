@@ -18,6 +18,11 @@ count (they are part of the workload). Per solve: wall clock of the first call (
 ``--repeat`` calls (``best``, filters out scheduler noise on a busy machine) and the thread's CPU time of the first
 call (``cpu``). ``prepare`` (once per table) is timed likewise.
 
+**Engines** (``--engines``, default both): ``native`` (the C++ solver, ``PreparedCosts(engine="native")``; skipped
+when its library is not built) and ``python`` (the pure-Python search), timed on the same tables and budgets, and
+checked to give the same selection (or the same infeasibility) on every budget. The load average before and after
+is written to the JSON (the machine may be shared).
+
 **Against pulp** (``--pulp-instances``, 0 to skip): the earlier comparison on realistic tables; objective agreement
 with CBC and speed-up.
 
@@ -33,6 +38,7 @@ import argparse
 import datetime
 import gc
 import math
+import os
 import statistics
 import sys
 import time
@@ -154,86 +160,108 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _time_solve(prepared, latency_ms, memory_bytes, repeat: int):
-    """Returns (first call wall ms, fastest wall ms, first call cpu ms, infeasible)."""
+    """Returns (first call wall ms, fastest wall ms, first call cpu ms, the outcome: the choice or None)."""
     from legocompile.optimize import InfeasibleBudgetError
 
     walls = []
     cpu = 0.0
-    infeasible = False
+    outcome = None
     for i in range(repeat):
         c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         try:
-            prepared.solve_raw(latency_ms, memory_bytes)
+            outcome = prepared.solve_raw(latency_ms, memory_bytes).choice
         except InfeasibleBudgetError:
-            infeasible = True
+            outcome = None
         t1 = time.perf_counter_ns()
         if i == 0:
             cpu = (time.thread_time_ns() - c0) / 1e6
         walls.append((t1 - t0) / 1e6)
-    return walls[0], min(walls), cpu, infeasible
+    return walls[0], min(walls), cpu, outcome
 
 
-def _worst_case(families, sizes, tables: int, repeat: int, seed: int) -> dict:
+def _worst_case(families, sizes, tables: int, repeat: int, seed: int, engines: list[str]) -> dict:
+    """Per engine: rows (family x size) and per-family summaries; every budget solved by every engine alike."""
     import numpy as np
 
     from legocompile.optimize import prepare
 
-    rows = []
-    per_family: dict[str, dict[str, list[float]]] = {}
+    rows: dict[str, list[dict]] = {engine: [] for engine in engines}
+    per_family: dict[str, dict[str, dict[str, list[float]]]] = {engine: {} for engine in engines}
     for f_index, family in enumerate(families):
         for num_blocks, num_options in sizes:
-            samples: dict[str, dict[str, list[float]]] = {}
-            prep_wall, prep_cpu = [], []
+            samples: dict[str, dict[str, dict[str, list[float]]]] = {engine: {} for engine in engines}
+            prep: dict[str, dict[str, list[float]]] = {engine: {"wall": [], "cpu": []} for engine in engines}
             infeasible = 0
             for t in range(tables):
                 rng = np.random.default_rng([seed, f_index, num_blocks, num_options, t])
                 costs = _table(rng, family, num_blocks, num_options)
-                gc.collect()
-                c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-                prepared = prepare(costs)
-                prep_wall.append((time.perf_counter_ns() - t0) / 1e6)
-                prep_cpu.append((time.thread_time_ns() - c0) / 1e6)
-                for kind, lat, mem in _budgets(rng, prepared, costs):
-                    wall, best, cpu, inf = _time_solve(prepared, lat, mem, repeat)
-                    infeasible += inf
-                    for key in (kind, "all"):
-                        s = samples.setdefault(key, {"wall": [], "best": [], "cpu": []})
-                        s["wall"].append(wall)
-                        s["best"].append(best)
-                        s["cpu"].append(cpu)
-            row = {
-                "family": family,
-                "blocks": num_blocks,
-                "options_per_block": num_options,
-                "tables": tables,
-                "solves": len(samples["all"]["wall"]),
-                "infeasible": infeasible,
-                "prepare_ms": {"wall": _stats(prep_wall), "cpu": _stats(prep_cpu)},
-                "solve_ms": {kind: {m: _stats(v) for m, v in s.items()} for kind, s in samples.items()},
+                prepared = {}
+                for engine in engines:
+                    gc.collect()
+                    c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+                    prepared[engine] = prepare(costs, engine=engine)
+                    prep[engine]["wall"].append((time.perf_counter_ns() - t0) / 1e6)
+                    prep[engine]["cpu"].append((time.thread_time_ns() - c0) / 1e6)
+                    assert prepared[engine].engine == engine, f"{engine} asked, {prepared[engine].engine} used"
+                for kind, lat, mem in _budgets(rng, prepared[engines[0]], costs):
+                    outcomes = set()
+                    for engine in engines:
+                        wall, best, cpu, outcome = _time_solve(prepared[engine], lat, mem, repeat)
+                        outcomes.add(outcome)
+                        for key in (kind, "all"):
+                            s = samples[engine].setdefault(key, {"wall": [], "best": [], "cpu": []})
+                            s["wall"].append(wall)
+                            s["best"].append(best)
+                            s["cpu"].append(cpu)
+                    if len(outcomes) != 1:
+                        raise AssertionError(f"the engines disagree on {family} {num_blocks}x{num_options} table {t}, "
+                                             f"budget ({lat!r}, {mem!r}): {outcomes}")
+                    infeasible += outcomes == {None}
+            for engine in engines:
+                row = {
+                    "engine": engine,
+                    "family": family,
+                    "blocks": num_blocks,
+                    "options_per_block": num_options,
+                    "tables": tables,
+                    "solves": len(samples[engine]["all"]["wall"]),
+                    "infeasible": infeasible,
+                    "prepare_ms": {m: _stats(v) for m, v in prep[engine].items()},
+                    "solve_ms": {kind: {m: _stats(v) for m, v in s.items()} for kind, s in samples[engine].items()},
+                }
+                rows[engine].append(row)
+                fam = per_family[engine].setdefault(family, {"wall": [], "best": [], "cpu": [], "prepare_wall": []})
+                for m in ("wall", "best", "cpu"):
+                    fam[m] += samples[engine]["all"][m]
+                fam["prepare_wall"] += prep[engine]["wall"]
+                all_ms = row["solve_ms"]["all"]
+                print(
+                    f"  {engine:6s} {family:10s} {num_blocks:2d} x {num_options:2d}: {row['solves']:4d} solves  "
+                    f"wall median {all_ms['wall']['median']:.3f} / p99 {all_ms['wall']['p99']:.3f} / "
+                    f"max {all_ms['wall']['max']:.3f} ms  (best-of-{repeat} p99 {all_ms['best']['p99']:.3f} / "
+                    f"max {all_ms['best']['max']:.3f}; cpu max {all_ms['cpu']['max']:.3f})  "
+                    f"prepare max {max(prep[engine]['wall']):.1f} ms",
+                    flush=True,
+                )
+    summary: dict[str, dict] = {}
+    for engine in engines:
+        everything: dict[str, list[float]] = {"wall": [], "best": [], "cpu": [], "prepare_wall": []}
+        summary[engine] = {}
+        for family, fam in per_family[engine].items():
+            for m in everything:
+                everything[m] += fam[m]
+            summary[engine][family] = {
+                "solves": len(fam["wall"]),
+                "solve_ms": {m: _stats(fam[m]) for m in ("wall", "best", "cpu")},
+                "prepare_ms": _stats(fam["prepare_wall"]),
             }
-            rows.append(row)
-            fam = per_family.setdefault(family, {"wall": [], "best": [], "cpu": [], "prepare_wall": []})
-            for m in ("wall", "best", "cpu"):
-                fam[m] += samples["all"][m]
-            fam["prepare_wall"] += prep_wall
-            all_ms = row["solve_ms"]["all"]
-            print(
-                f"  {family:10s} {num_blocks:2d} x {num_options:2d}: {row['solves']:4d} solves  "
-                f"wall median {all_ms['wall']['median']:.3f} / p99 {all_ms['wall']['p99']:.3f} / "
-                f"max {all_ms['wall']['max']:.3f} ms  (best-of-{repeat} p99 {all_ms['best']['p99']:.3f} / "
-                f"max {all_ms['best']['max']:.3f}; cpu max {all_ms['cpu']['max']:.3f})  "
-                f"prepare max {max(prep_wall):.1f} ms",
-                flush=True,
-            )
-    summary = {}
-    for family, fam in per_family.items():
-        summary[family] = {
-            "solves": len(fam["wall"]),
-            "solve_ms": {m: _stats(fam[m]) for m in ("wall", "best", "cpu")},
-            "prepare_ms": _stats(fam["prepare_wall"]),
+        summary[engine]["all"] = {
+            "solves": len(everything["wall"]),
+            "solve_ms": {m: _stats(everything[m]) for m in ("wall", "best", "cpu")},
+            "prepare_ms": _stats(everything["prepare_wall"]),
         }
-    return {"rows": rows, "per_family": summary}
+    return {"engines": engines, "rows": rows, "per_family": summary}
 
 
 # --- against pulp ------------------------------------------------------------------------------------------------
@@ -312,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pulp-instances", type=int, default=10, help="random tables per size against pulp (0: skip)")
     parser.add_argument("--quick", action="store_true", help="1 table per family and size, no pulp")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engines", default="native,python",
+                        help="comma-separated solver engines to time (native is skipped when it is not built)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tables, args.pulp_instances = 1, 0
@@ -323,19 +353,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables < 1 or args.repeat < 1 or args.pulp_instances < 0:
         parser.error("--tables and --repeat must be >= 1, --pulp-instances >= 0")
 
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or set(engines) - {"native", "python"}:
+        parser.error("--engines: a comma-separated subset of native,python")
+
     import numpy as np
     from _common import machine_info, write_json
 
-    print(f"worst case: {len(families)} families x {len(sizes)} sizes x {args.tables} tables, best of {args.repeat}")
-    worst = _worst_case(families, sizes, args.tables, args.repeat, args.seed)
+    from legocompile.optimize import native_solver
+
+    if "native" in engines and native_solver.load() is None:
+        print("native solver not built (pip install -e . with a C++ compiler): timing the Python search only")
+        engines = [e for e in engines if e != "native"] or ["python"]
+    load_before = os.getloadavg()
+    print(f"worst case: {len(families)} families x {len(sizes)} sizes x {args.tables} tables, best of {args.repeat}, "
+          f"engines {', '.join(engines)}; load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    worst = _worst_case(families, sizes, args.tables, args.repeat, args.seed, engines)
     print("\nper family (all sizes and budgets), ms per solve:")
-    print(f"  {'family':10s} {'solves':>6s}  {'median':>7s} {'p99':>7s} {'max':>7s} | best-of: {'p99':>7s} {'max':>7s} |"
-          f" cpu: {'p99':>7s} {'max':>7s} | prepare max")
-    for family, s in worst["per_family"].items():
-        w, b, c = (s["solve_ms"][m] for m in ("wall", "best", "cpu"))
-        print(f"  {family:10s} {s['solves']:6d}  {w['median']:7.3f} {w['p99']:7.3f} {w['max']:7.3f} |"
-              f"          {b['p99']:7.3f} {b['max']:7.3f} |      {c['p99']:7.3f} {c['max']:7.3f} |"
-              f" {s['prepare_ms']['max']:.1f} ms")
+    print(f"  {'engine':6s} {'family':10s} {'solves':>6s}  {'median':>7s} {'p99':>7s} {'max':>7s} | best-of: "
+          f"{'p99':>7s} {'max':>7s} | cpu: {'p99':>7s} {'max':>7s} | prepare median / max")
+    for engine in engines:
+        for family, s in worst["per_family"][engine].items():
+            w, b, c = (s["solve_ms"][m] for m in ("wall", "best", "cpu"))
+            print(f"  {engine:6s} {family:10s} {s['solves']:6d}  {w['median']:7.3f} {w['p99']:7.3f} {w['max']:7.3f} |"
+                  f"          {b['p99']:7.3f} {b['max']:7.3f} |      {c['p99']:7.3f} {c['max']:7.3f} |"
+                  f" {s['prepare_ms']['median']:.1f} / {s['prepare_ms']['max']:.1f} ms")
 
     pulp_rows = []
     if args.pulp_instances:
@@ -349,10 +391,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ours['max']:.3f} ms; pulp median {pulp['median']:.1f} ms; objective mismatches "
                   f"{row['objective_mismatches']} of {row['instances']}")
 
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     doc = {
-        "benchmark": "optimizer: worst case per solve of legocompile.optimize on adversarial tables; vs pulp/CBC",
+        "benchmark": "optimizer: worst case per solve of legocompile.optimize on adversarial tables (native C++ and "
+                     "pure-Python engines); vs pulp/CBC",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "load_average": {"before": list(load_before), "after": list(load_after),
+                         "note": "os.getloadavg() (1, 5, 15 min) before and after the run"},
         "versions": _versions(),
         "config": {
             "seed": args.seed,
@@ -364,10 +411,13 @@ def main(argv: list[str] | None = None) -> int:
             "random_selection_budgets": RANDOM_SELECTIONS,
             "pulp_instances_per_size": args.pulp_instances,
             "pulp_sizes": [list(s) for s in PULP_SIZES],
+            "engines": engines,
+            "pulp_comparison_engine": native_solver.choose_engine(),
         },
         "timing": (
             "per solve: wall = perf_counter of the first call, best = fastest of `repeat` calls, cpu = thread CPU "
-            "time of the first call (all ms); infeasible budgets included; prepare_ms = prepare(costs) per table"
+            "time of the first call (all ms); infeasible budgets included; prepare_ms = prepare(costs, engine) per "
+            "table; worst_case.rows and worst_case.per_family are keyed by engine"
         ),
         "worst_case": worst,
         "against_pulp": pulp_rows,
