@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from legocompile.evaldata import load_eval_npz
 from legocompile.errors import LegoCompileError
 
 
@@ -200,7 +201,7 @@ def cmd_retarget(args) -> None:
 
     data = None
     if args.data:
-        data = _load_npz(args.data, tuple(read_bundle(args.bundle, verify=False).input.shape))
+        data = load_eval_npz(args.data, tuple(read_bundle(args.bundle, verify=False).input.shape))
     report = BuildReport(bundle=Path(args.out))
     t0 = time.perf_counter()
     out = retarget(args.bundle, args.out, backend=args.backend, data=data, threads=args.threads,
@@ -266,47 +267,6 @@ def cmd_optimize(args) -> None:
     _emit(args, sel.to_json() | {"metric": _metric_label(manifest)}, _render_selection)
 
 
-def _load_npz(path: str, input_shape: tuple[int, ...]):
-    """``(x, y)`` from an .npz with arrays ``x`` (inputs shaped like the bundle's) and ``y`` (labels); no pickles."""
-    import zipfile
-
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise LegoCompileError(f"data file not found: {p}")
-    def first_line(e: BaseException) -> str:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-    try:
-        archive = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise LegoCompileError(f"{p}: not a readable .npz file ({first_line(e)})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise LegoCompileError(f"{p}: not an .npz archive (--data needs an .npz with arrays x and y)")
-    with archive:
-        for key in ("x", "y"):
-            if key not in archive.files:
-                have = ", ".join(archive.files) or "none"
-                raise LegoCompileError(f"{p}: no array {key!r} (--data needs arrays x and y; it has {have})")
-        try:
-            x, y = archive["x"], archive["y"]
-        except ValueError:
-            raise LegoCompileError(f"{p}: holds object arrays, which are not read (no pickles); "
-                                   "save numeric arrays") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as e:
-            raise LegoCompileError(f"{p}: damaged .npz file ({first_line(e)})") from None
-    expected = tuple(input_shape[1:])
-    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise LegoCompileError(f"{p}: x has shape {tuple(x.shape)}; the bundle's input is "
-                               f"(N, {', '.join(map(str, expected))})")
-    if y.ndim == 0 or len(y) != len(x):
-        raise LegoCompileError(f"{p}: y has shape {tuple(y.shape)}; it must hold one label per row of x ({len(x)},)")
-    if len(x) == 0:
-        raise LegoCompileError(f"{p}: x and y are empty")
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
-
-
 def _render_run(d: dict) -> None:
     _render_selection({k: v for k, v in d.items() if k != "measured"})
     m = d["measured"]
@@ -331,7 +291,7 @@ def cmd_run(args) -> None:
     shape = tuple(rt.manifest.input.shape)
     ex = ey = None
     if args.data:
-        ex, ey = _load_npz(args.data, shape)
+        ex, ey = load_eval_npz(args.data, shape)
     elif args.config:
         cfg = resolve_project(args.config).config
         data = load_dataset(cfg.data_provider, search_path=cfg.root)

@@ -590,3 +590,50 @@ def test_cli_bad_bundle_and_data(run_main, tmp_path, capsys, tiny_bundle):
     assert run_main([str(tiny_bundle["path"]), "--data", str(npz), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "x has shape (4, 3, 32, 32)" in err
+
+
+def test_replay_scores_frames_with_the_given_metric_on_labels_of_any_shape(traded_bundle):
+    """Labels need not be class ids (masks here), and each frame is scored by the metric passed in, not by top-1:
+    the streamed accuracy is the mean of the metric over the frames, and each selection's eval figure is the metric
+    on the eval slice."""
+    import legocompile
+    from jetsonbench.replay import replay
+    from jetsonbench.traces import bundle_ranges, resolve
+
+    bundle, data = traded_bundle
+    with np.load(data) as d:
+        x = d["x"][:12]
+    masks = np.random.default_rng(0).integers(0, 3, size=(len(x), 2, 2))
+
+    def share_of_ones(outputs, labels):  # depends on the labels only: its value per frame is known
+        assert len(outputs) == len(labels)
+        return float(np.mean(labels == 1))
+
+    tr = traces.load_trace(sorted(traces.shipped_traces())[0])
+    m = legocompile.Runtime.load(bundle).manifest
+    resolved = resolve(tr, bundle_ranges(m))
+    frames = [3] * len(resolved)
+    out = replay(lambda: legocompile.Runtime.load(bundle), tr, resolved, frames, rate_hz=None, inputs=x,
+                 labels=masks, batch=1, sample_interval_s=0.05, eval_samples=6, progress=lambda msg: None,
+                 tegrastats=False, metric=share_of_ones)
+    per_frame = [float(np.mean(masks[k % len(x)] == 1)) for k in range(sum(frames))]
+    assert out["summary"]["accuracy"]["measured_stream"] == pytest.approx(np.mean(per_frame))
+    assert out["frames"]["score"] == pytest.approx(per_frame)
+    for p in out["phases"]:
+        assert p["accuracy"]["measured_eval"] == pytest.approx(float(np.mean(masks[:6] == 1)))
+    with pytest.raises(ValueError, match="metric"):
+        replay(lambda: legocompile.Runtime.load(bundle), tr, resolved, frames, rate_hz=None, inputs=x, labels=masks,
+               batch=1, sample_interval_s=0.05, eval_samples=0, progress=lambda msg: None, tegrastats=False)
+
+
+def test_cli_data_with_mask_labels_is_accepted(tmp_path, traded_bundle):
+    """y may hold one label array per input (segmentation masks); x must still match the bundle's input."""
+    from run import load_npz
+
+    bundle, data = traded_bundle
+    with np.load(data) as d:
+        x = d["x"][:5]
+    npz = tmp_path / "masks.npz"
+    np.savez(npz, x=x, y=np.zeros((5, 4, 4), np.int64))
+    xs, ys = load_npz(str(npz), (1, *x.shape[1:]))
+    assert xs.shape == x.shape and ys.shape == (5, 4, 4)

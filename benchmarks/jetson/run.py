@@ -97,35 +97,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_npz(path: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` from an .npz (no pickles); :class:`UsageError` with one line otherwise."""
-    import zipfile
+    """``(x, y)`` from an .npz, read as ``legocompile run --data`` reads it (no pickles; labels of any shape with one
+    row per input); :class:`UsageError` with one line otherwise."""
+    from legocompile.errors import LegoCompileError
+    from legocompile.evaldata import load_eval_npz
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: data file not found")
     try:
-        archive = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UsageError(f"{p}: not a readable .npz file ({type(e).__name__})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UsageError(f"{p}: not an .npz archive (--data needs arrays x and y)")
-    with archive:
-        missing = [k for k in ("x", "y") if k not in archive.files]
-        if missing:
-            raise UsageError(f"{p}: no array {missing[0]!r} (--data needs arrays x and y; it has "
-                             f"{', '.join(archive.files) or 'none'})")
-        try:
-            x, y = archive["x"], archive["y"]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise UsageError(f"{p}: unreadable arrays ({type(e).__name__}; object arrays are not read)") from None
-    expected = tuple(input_shape[1:])
-    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise UsageError(f"{p}: x has shape {tuple(x.shape)}; the bundle's input is (N, {', '.join(map(str, expected))})")
-    if y.shape != (len(x),):
-        raise UsageError(f"{p}: y has shape {tuple(y.shape)}; it must hold one label per row of x ({len(x)},)")
+        x, y = load_eval_npz(path, input_shape)
+    except LegoCompileError as e:
+        raise UsageError(str(e)) from None
     if len(x) < input_shape[0]:
-        raise UsageError(f"{p}: {len(x)} samples; one frame takes {input_shape[0]}")
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
+        raise UsageError(f"{path}: {len(x)} samples; one frame takes {input_shape[0]}")
+    return x, y
 
 
 def _unique(name: str, taken: dict) -> str:
@@ -216,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, argv: list[str]) -> int:
     from legocompile.errors import LegoCompileError
+    from legocompile.profile.accuracy import bundle_metric, metric_of
 
     cfg = dict(QUICK if args.quick else FULL)
     if args.eval_samples is not None:
@@ -244,9 +228,18 @@ def _main(args, argv: list[str]) -> int:
     root = Path(args.bundle)
     input_shape = tuple(manifest.input.shape)
     batch = input_shape[0]
+    metric_name = metric_of(manifest.teacher)
+    metric_note = None
     if args.data:
         x_eval, y_eval = load_npz(args.data, input_shape)
+        try:
+            metric = bundle_metric(metric_name)
+        except LegoCompileError as e:  # the project's own metric: a bundle is data, its code is never imported
+            metric, y_eval = None, None
+            metric_note = f"accuracy predicted only: {' '.join(str(e).split())}"
+            progress(metric_note)
     else:
+        metric = None
         x_eval = np.random.default_rng(0).standard_normal((64 * batch, *input_shape[1:])).astype(np.float32)
         y_eval = None
 
@@ -280,7 +273,7 @@ def _main(args, argv: list[str]) -> int:
             "blocks": len(manifest.blocks), "options": sum(len(b.options) for b in manifest.blocks),
             "selectable_options": sum(1 for b in manifest.blocks for o in b.options if not o.excluded),
             "input_shape": list(input_shape), "teacher_accuracy": manifest.teacher.get("accuracy"),
-            "profiled_on": manifest.device,
+            "metric": metric_name, "profiled_on": manifest.device,
         },
         "settings": {"quick": args.quick, "threads": threads, "frames_per_trace": frames_total,
                      "keep_warm_mb": args.keep_warm_mb,
@@ -288,7 +281,8 @@ def _main(args, argv: list[str]) -> int:
                      "eval_samples": cfg["eval_samples"] if y_eval is not None else 0,
                      "data": str(Path(args.data).resolve()) if args.data else None,
                      "inputs": f"{len(x_eval)} samples of {args.data}" if args.data else
-                     "64 random-normal frames (no --data: accuracy is predicted only)"},
+                     "64 random-normal frames (no --data: accuracy is predicted only)",
+                     **({"accuracy_note": metric_note} if metric_note else {})},
         "ranges": ranges.to_json(),
         "static": {},
         "traces": {},
@@ -365,7 +359,7 @@ def _main(args, argv: list[str]) -> int:
         try:
             result = replay(make_runtime, tr, resolved, schedule, rate_hz=rate, inputs=x_eval, labels=y_eval, batch=batch,
                             sample_interval_s=args.sample_interval, eval_samples=cfg["eval_samples"],
-                            progress=progress)
+                            progress=progress, metric=metric)
         except Exception as e:  # recorded, and the other traces still run
             reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             progress(f"trace {tr.name} failed: {reason}")
