@@ -151,6 +151,18 @@ def test_native_without_the_library_is_a_one_line_error_and_auto_falls_back(monk
 
 
 @needs_native
+def test_a_library_built_from_other_sources_is_not_used(monkeypatch, caplog):
+    """An editable install's library goes stale when the C++ sources change: it is refused, and Python answers."""
+    assert native_solver._built_from(native_solver.load()) == native_solver.source_hash()  # the real one is current
+    monkeypatch.setattr(native_solver, "_loaded", [])
+    monkeypatch.setattr(native_solver, "source_hash", lambda: "0" * 64)
+    with caplog.at_level("WARNING", logger="legocompile"):
+        assert native_solver.load() is None
+    assert "built from other sources" in caplog.text
+    assert prepare(table(np.random.default_rng(2), "anti", 3, 3), engine="auto").engine == "python"
+
+
+@needs_native
 def test_tables_the_native_solver_cannot_take_exactly_are_searched_in_python():
     rng = np.random.default_rng(3)
     huge = [[Cost(c.latency_ms, c.memory_bytes * 2**62, c.accuracy_drop) for c in block]

@@ -12,7 +12,9 @@ keeps the Python search as the fallback and the reference.
 fast-math; an install without a C++ compiler succeeds without it). It is an extension only for the build and the
 install location: it has no Python glue and is loaded with ctypes, so it needs no Python headers beyond what the
 build already has. An editable install places it in the source tree (git-ignored); rerun ``pip install -e .``
-after changing those C++ sources.
+after changing those C++ sources. Until then the library is stale: it records the sha256 of the sources it was
+built from (``lc_solver_source_hash``), and a library whose hash differs from the sources beside it is not used
+(a warning says so once; the Python search answers).
 
 **Choosing.** ``$LEGOCOMPILE_SOLVER`` (read when a table is prepared): ``auto`` (default: native when the library
 loads), ``native`` (a one-line :class:`LegoCompileError` when it is missing) or ``python``.
@@ -27,7 +29,9 @@ exception crosses it; each call writes its message to the caller's buffer, so ca
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.machinery
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -45,6 +49,11 @@ _LIBRARY_STEM = "_native_solver"
 _OK, _ERROR, _INFEASIBLE, _INTERNAL = range(4)
 _MESSAGE_SIZE = 512
 _INT64_MAX = 2**63 - 1
+# what setup.py compiles and hashes, in its order (legocompile/runtime/cpp/src/)
+SOURCES = ("solver.cpp", "problem.cpp", "pyfmt.cpp", "solver_capi.cpp",
+           "solver.hpp", "problem.hpp", "pyfmt.hpp", "error.hpp")
+_SOURCE_DIR = Path(__file__).resolve().parents[1] / "runtime" / "cpp" / "src"
+logger = logging.getLogger("legocompile")
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] before the first load(), then [library or None]
@@ -80,6 +89,12 @@ def _open() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
+    built_from = _built_from(lib)
+    expected = source_hash()
+    if expected is not None and built_from != expected:
+        logger.warning("the native solver %s was built from other sources than legocompile/runtime/cpp/src holds "
+                       "now (rebuild it: pip install -e .); using the Python search", path.name)
+        return None
     c_char_p, c_size_t, c_int32, c_double, c_int64 = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int32,
                                                       ctypes.c_double, ctypes.c_int64)
     lib.lc_solver_prepare.restype = ctypes.c_int
@@ -95,6 +110,26 @@ def _open() -> ctypes.CDLL | None:
     lib.lc_solver_free.restype = None
     lib.lc_solver_free.argtypes = [ctypes.c_void_p]
     return lib
+
+
+def source_hash() -> str | None:
+    """sha256 of the C++ sources beside this package (setup.py's hash), or None when they are not shipped."""
+    h = hashlib.sha256()
+    try:
+        for name in SOURCES:
+            h.update(name.encode() + b"\0" + (_SOURCE_DIR / name).read_bytes() + b"\0")
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _built_from(lib: ctypes.CDLL) -> str | None:
+    try:
+        fn = lib.lc_solver_source_hash
+    except AttributeError:  # built before the hash existed
+        return None
+    fn.restype, fn.argtypes = ctypes.c_char_p, []
+    return fn().decode() or None
 
 
 def choose_engine(engine: str | None = None) -> str:

@@ -129,3 +129,9 @@ LC_SOLVER_API int lc_solver_solve(const lc_solver* solver, std::int32_t has_late
 }
 
 LC_SOLVER_API void lc_solver_free(lc_solver* solver) { delete solver; }
+
+#ifndef LC_SOLVER_SOURCE_HASH
+#define LC_SOLVER_SOURCE_HASH ""
+#endif
+// sha256 of the sources this library was compiled from (setup.py); Python refuses a library whose hash differs.
+LC_SOLVER_API const char* lc_solver_source_hash(void) { return LC_SOLVER_SOURCE_HASH; }
