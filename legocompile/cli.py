@@ -59,6 +59,10 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+FRAME_GAP_HELP = ("profile each frame after this many ms of idle time, as an application serving frames at a fixed "
+                  "rate runs them (33 for 30 Hz; 0 times them back to back)")
+
+
 # ------------------------------------------------------------------------------------------------------ build & stages
 def _build(args, until: str = "bundle") -> None:
     from legocompile.config import normalize_precisions
@@ -70,7 +74,8 @@ def _build(args, until: str = "bundle") -> None:
 
     project = resolve_project(args.config, example=args.example)
     precisions = normalize_precisions(args.precision, "--precision") if args.precision else None
-    project = with_overrides(project, precisions=precisions, out=args.out, backend=args.backend)
+    project = with_overrides(project, precisions=precisions, out=args.out, backend=args.backend,
+                             frame_gap_ms=args.frame_gap_ms)
     cfg = project.config
     progress = RichProgress(enabled=not args.quiet)
     t0 = time.perf_counter()
@@ -160,7 +165,8 @@ def _render_summary(d: dict) -> None:
     t = d["teacher"]
     c.print(f"[bold]{d['model']}[/]: teacher {metric_label(metric_of(t))} {t['accuracy'] * 100:.2f}% on "
             f"{t['num_eval']} samples, "
-            f"chained fp32 latency {t['latency_ms']:.3f} ms")
+            f"chained fp32 latency {t['latency_ms']:.3f} ms"
+            + (f" (each frame after {gap:g} ms idle)" if (gap := (d.get("profile") or {}).get("frame_gap_ms")) else ""))
     if d.get("int8"):
         c.print(f"int8 format: {d['int8']['reason']}")
     table = Table("block", "option", "params", "ms", "p90 ms", "MB", "Δacc pt", "export err", "gate err", "",
@@ -205,6 +211,7 @@ def cmd_retarget(args) -> None:
     report = BuildReport(bundle=Path(args.out))
     t0 = time.perf_counter()
     out = retarget(args.bundle, args.out, backend=args.backend, data=data, threads=args.threads,
+                   frame_gap_ms=args.frame_gap_ms,
                    precisions=args.precision, work_dir=args.work_dir, progress=RichProgress(enabled=not args.quiet),
                    report=report)
     doc = {"bundle": str(out), "built": report.built, "cached": report.cached, "excluded": report.excluded,
@@ -393,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="bundle folder (default from the project, else ./legocompile-out)")
         p.add_argument("--backend", choices=sorted(BACKENDS), help="engine backend (default from the project, "
                        "else onnxruntime)")
+        p.add_argument("--frame-gap-ms", type=float, help=FRAME_GAP_HELP + " (default from the project, else 0)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         _add_common(p)
         p.set_defaults(func=lambda a, until=until: _build(a, until))
@@ -407,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FILE.npz", help="evaluation data (arrays x and y): gate and accuracy drops are "
                    "measured here; without it they are kept from the source bundle, marked measured elsewhere")
     p.add_argument("--threads", type=int, help="CPU threads per engine when profiling (default: the source's)")
+    p.add_argument("--frame-gap-ms", type=float, help=FRAME_GAP_HELP + " (default: the source's)")
     p.add_argument("--precision", help="comma-separated subset of the source's precisions (default: all)")
     p.add_argument("--work-dir", help="cache folder (default: legocompile-work beside --out); rerun to resume")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

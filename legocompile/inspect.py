@@ -30,6 +30,7 @@ def summary(manifest: Manifest) -> dict:
         ],
         "additivity": manifest.additivity,
         "int8": manifest.settings.get("int8"),
+        "profile": manifest.settings.get("profile"),
         "retarget": _retarget(manifest),
     }
 

@@ -217,8 +217,7 @@ def compile(  # noqa: A001 - the public name the API promises
     from legocompile.variants.stage import pruning_summary
 
     settings = {
-        "profile": {"batch_size": profile.batch_size, "warmup": profile.warmup, "runs": profile.runs,
-                    "threads": profile.threads},
+        "profile": profile.to_json(),
         "calibration": {"method": calibration.method, "num_samples": len(calib_x), "percentile": calibration.percentile},
         "int8": {"recipe": recipe.to_json(), "reason": recipe_reason, "requested": int8_format},
         "tolerance": vars(tolerance).copy(),

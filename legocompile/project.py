@@ -125,7 +125,10 @@ def resolve_project(config: str | Path | None, example: str | None = None) -> Pr
     return Project(example_config(), is_example=True)
 
 
-def with_overrides(project: Project, *, precisions=None, out=None, backend=None) -> Project:
+def with_overrides(project: Project, *, precisions=None, out=None, backend=None, frame_gap_ms=None) -> Project:
+    if frame_gap_ms is not None:
+        project = replace(project, config=replace(project.config, profile=replace(project.config.profile,
+                                                                                  frame_gap_ms=frame_gap_ms)))
     build = project.config.build
     if precisions is not None:
         build = replace(build, precisions=precisions)

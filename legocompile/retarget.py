@@ -65,6 +65,7 @@ def retarget(
     backend: str = "onnxruntime",
     data: tuple[np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
+    frame_gap_ms: float | None = None,
     precisions: Sequence[str] | None = None,
     work_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -76,6 +77,8 @@ def retarget(
         data: ``(inputs, int labels)`` to measure the gate and accuracy drops here (else they are kept from the
             source and marked measured elsewhere).
         threads: CPU threads per engine when profiling (default: the source bundle's profile setting).
+        frame_gap_ms: idle time before each timed frame when profiling (default: the source bundle's; see
+            :mod:`legocompile.profile.probe`).
         precisions: the subset of the source's precisions to keep (default: all; fp32 is always kept).
         work_dir: cache folder (default: ``<out>/../legocompile-work``).
     """
@@ -102,6 +105,8 @@ def retarget(
     prof = ProfileConfig(**{**dataclasses.asdict(ProfileConfig()), **settings.get("profile", {})})
     if threads is not None:
         prof = dataclasses.replace(prof, threads=threads)
+    if frame_gap_ms is not None:
+        prof = dataclasses.replace(prof, frame_gap_ms=frame_gap_ms)
     tolerance = Tolerances(**settings.get("tolerance", {}))
     chain = [_Block(b.name, tuple(b.input.shape), tuple(b.output.shape)) for b in src.blocks]
 
@@ -175,8 +180,7 @@ def retarget(
         blocks.append(dataclasses.replace(b, options=tuple(options)))
 
     measured_here = data is not None
-    settings["profile"] = {"batch_size": prof.batch_size, "warmup": prof.warmup, "runs": prof.runs,
-                           "threads": prof.threads}
+    settings["profile"] = prof.to_json()
     if "int8" in keep:
         settings["int8"] = {"recipe": recipe.to_json(), "reason": recipe_reason, "requested": requested}
     settings["retarget"] = {

@@ -44,6 +44,9 @@ def test_fp32_is_always_built_first(tmp_path):
         ('[build]\nbackend = "tvm"\n', "[build].backend"),
         ("[profile]\nruns = 10\n", "[profile].runs"),
         ("[profile]\nwarmup = -1\n", "[profile].warmup"),
+        ("[profile]\nframe_gap_ms = -1\n", "[profile].frame_gap_ms"),
+        ('[profile]\nframe_gap_ms = "33"\n', "[profile].frame_gap_ms"),
+        ("[profile]\nframe_gap_ms = 5000\n", "[profile].frame_gap_ms"),
         ('[calibration]\nmethod = "kl"\n', "[calibration].method"),
         ("[calibration]\npercentile = 150\n", "[calibration].percentile"),
         ('[blocks]\ncut = "some"\n', "[blocks].cut"),
@@ -119,3 +122,14 @@ def test_bad_variants(tmp_path, extra, field):
     with pytest.raises(LegoCompileError) as e:
         load_config(write(tmp_path, GOOD + extra))
     assert field in str(e.value)
+
+
+def test_frame_gap_is_read_and_recorded_only_when_set(tmp_path):
+    from legocompile.config import ProfileConfig
+
+    cfg = load_config(write(tmp_path, GOOD + "[profile]\nframe_gap_ms = 33\n"))
+    assert cfg.profile.frame_gap_ms == 33.0 and cfg.profile.to_json()["frame_gap_ms"] == 33.0
+    assert "frame_gap_ms" not in ProfileConfig().to_json()  # bundles profiled back to back read as before
+    with pytest.raises(LegoCompileError, match="frame_gap_ms") as e:
+        ProfileConfig(frame_gap_ms=float("nan"))
+    assert "\n" not in str(e.value)

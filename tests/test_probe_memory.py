@@ -66,3 +66,22 @@ def test_unsteady_memory_is_measured_again_in_a_new_process(monkeypatch):
     monkeypatch.setattr(probe, "_memory_child", lambda *a: steady)
     (m,) = probe._measure_memory_forked([engine], 2)
     assert m["attempts"] == 1 and len(spawned) == 1  # steady at once: no second process
+
+
+def test_frame_gap_idles_before_every_timed_frame(engines):
+    """With a gap, each timed chain run (100 per engine at runs=100... here runs=50: 50 per engine, 100 for the whole
+    chain) waits that long first: the probe cannot finish sooner than the gaps add up to."""
+    import time
+
+    d, paths = engines
+    probe = [ProbeEngine(paths["pruned-more"], 0, "fp32", SHAPE, SHAPE)]
+    kw = dict(threads=1, warmup=2, runs=50, contexts={"fp32": [0]}, overhead_context="fp32",
+              chain_input=d / "x.npy", memory=False)
+    t0 = time.perf_counter()
+    hot = run_probe(probe, **kw)
+    t_hot = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gapped = run_probe(probe, frame_gap_ms=20.0, **kw)
+    t_gap = time.perf_counter() - t0
+    assert t_gap >= (50 + 100) * 0.020 and t_gap > t_hot + 2.5
+    assert gapped["latency"][0]["runs"] == hot["latency"][0]["runs"] == 50

@@ -94,7 +94,7 @@ def _build(model, calib, ex, ey, root, **kw):
     legocompile.compile(
         model, np.zeros((1, 1, 32, 32), np.float32), calibration_data=calib, eval_data=(ex, ey),
         out=root / "bundle", work_dir=root / "work", precisions=("fp32", "int8"), max_blocks=N_BLOCKS,
-        profile=ProfileConfig(warmup=3, runs=50), additivity_samples=0, report=report, **kw,
+        **({"profile": ProfileConfig(warmup=3, runs=50)} | kw), additivity_samples=0, report=report,
     )
     return report
 
@@ -256,3 +256,12 @@ def test_the_fp32_chain_must_match_pytorch_within_one_sample():
     _check_reference_chain({"accuracy": 0.95, "num_eval": 100}, 0.96)  # one sample apart: fine
     with pytest.raises(LegoCompileError, match="differs from PyTorch's 97.00% by more than one of the 100"):
         _check_reference_chain({"accuracy": 0.95, "num_eval": 100}, 0.97)
+
+
+def test_frame_gap_rebuilds_profiles_only_and_is_recorded(base_build, tmp_path):
+    from legocompile.bundle import read_bundle
+
+    r = _rebuild(base_build, tmp_path, profile=ProfileConfig(warmup=3, runs=50, frame_gap_ms=1.0))
+    assert r.built == {"profile": 4}
+    assert read_bundle(tmp_path / "bundle").settings["profile"]["frame_gap_ms"] == 1.0
+    assert "frame_gap_ms" not in read_bundle(base_build["root"] / "bundle").settings["profile"]

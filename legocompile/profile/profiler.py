@@ -70,6 +70,8 @@ def profile_engines(
     n = len(chain)
     batch = settings.batch_size
     prof_settings = {"batch": batch, "warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads}
+    if settings.frame_gap_ms:  # absent when 0, so back-to-back profiles keep their cache keys
+        prof_settings["frame_gap_ms"] = float(settings.frame_gap_ms)
     teacher_keys = [(i, "s0", "fp32") for i in range(n)]
     teacher_chain = [engines[k]["sha256"] for k in teacher_keys]
     chain_input = np.ascontiguousarray(eval_in[0][:batch])
@@ -138,6 +140,7 @@ def profile_engines(
                 probe_engines, threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
                 contexts={p: [probe_keys.index(k) for k in keys] for p, keys in context_keys.items()},
                 overhead_context="fp32", chain_input=input_path, backend=backend.name,
+                frame_gap_ms=settings.frame_gap_ms,
             )
             advance()
         for j, k in enumerate(probe_keys):
