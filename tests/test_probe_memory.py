@@ -69,8 +69,8 @@ def test_unsteady_memory_is_measured_again_in_a_new_process(monkeypatch):
 
 
 def test_frame_gap_idles_before_every_timed_frame(engines):
-    """With a gap, each timed chain run (100 per engine at runs=100... here runs=50: 50 per engine, 100 for the whole
-    chain) waits that long first: the probe cannot finish sooner than the gaps add up to."""
+    """With a gap, every timed chain run waits that long first (runs=50: 50 for the engine, 100 for the whole
+    chain), so the probe cannot finish sooner than the gaps add up to; the sample counts stay the same."""
     import time
 
     d, paths = engines
