@@ -270,7 +270,8 @@ def cmd_optimize(args) -> None:
     from legocompile.bundle import read_bundle
 
     manifest = read_bundle(args.bundle, verify=False)
-    sel = select_options(manifest, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    sel = select_options(manifest, latency_ms=args.latency_ms, memory_mb=args.memory_mb,
+                         latency_quantile=args.latency_quantile)
     _emit(args, sel.to_json() | {"metric": _metric_label(manifest)}, _render_selection)
 
 
@@ -294,7 +295,7 @@ def cmd_run(args) -> None:
 
     if args.data and args.config:
         raise LegoCompileError("give --data or --config for the evaluation data, not both")
-    rt = Runtime.load(args.bundle)
+    rt = Runtime.load(args.bundle, latency_quantile=args.latency_quantile)
     shape = tuple(rt.manifest.input.shape)
     ex = ey = None
     if args.data:
@@ -451,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("bundle")
         p.add_argument("--latency-ms", type=float, help="budget on the sum of block latencies (ms)")
         p.add_argument("--memory-mb", type=float, help="budget on the sum of engine memory (MB)")
+        p.add_argument("--latency-quantile", choices=["median", "p90"], default="median",
+                       help="which profiled latency of each engine the latency budget counts (default median)")
         if name == "run":
             p.add_argument("--data", metavar="FILE.npz",
                            help="evaluation data: an .npz with arrays x (inputs) and y (labels)")

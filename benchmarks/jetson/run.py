@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sample-interval", type=float, default=0.05, metavar="S", help="resource sampling period (s)")
     ap.add_argument("--eval-samples", type=int, metavar="N",
                     help="eval samples per distinct selection, after each replay (default 1000; 128 with --quick)")
+    ap.add_argument("--latency-quantile", choices=["median", "p90"], default="median",
+                    help="which profiled latency of each engine the runtime's latency budgets count (default median; "
+                         "p90 makes a budget a promise for 9 frames in 10); trace fractions resolve against it")
     ap.add_argument("--keep-warm-mb", type=float, default=0.0, metavar="MB",
                     help="Runtime keep_warm_mb for the replays: engines outside the selection kept loaded, so that "
                          "switching back is fast (default 0, the Runtime's default: unload them)")
@@ -243,7 +246,7 @@ def _main(args, argv: list[str]) -> int:
         x_eval = np.random.default_rng(0).standard_normal((64 * batch, *input_shape[1:])).astype(np.float32)
         y_eval = None
 
-    ranges = bundle_ranges(manifest)
+    ranges = bundle_ranges(manifest, args.latency_quantile)
     plans = []
     for tr in traces:
         plans.append((tr, resolve(tr, ranges), frame_schedule(tr, frames_total)))
@@ -276,6 +279,7 @@ def _main(args, argv: list[str]) -> int:
             "metric": metric_name, "profiled_on": manifest.device,
         },
         "settings": {"quick": args.quick, "threads": threads, "frames_per_trace": frames_total,
+                     "latency_quantile": args.latency_quantile,
                      "keep_warm_mb": args.keep_warm_mb,
                      "rate_override_hz": args.rate, "sample_interval_s": args.sample_interval,
                      "eval_samples": cfg["eval_samples"] if y_eval is not None else 0,
@@ -337,7 +341,8 @@ def _main(args, argv: list[str]) -> int:
     from jetsonbench.replay import replay
 
     def make_runtime():
-        return legocompile.Runtime.load(args.bundle, threads=args.threads, verify=False, keep_warm_mb=args.keep_warm_mb)
+        return legocompile.Runtime.load(args.bundle, threads=args.threads, verify=False, keep_warm_mb=args.keep_warm_mb,
+                                        latency_quantile=args.latency_quantile)
 
     # Warm-up pass, discarded: every phase of every trace once, one frame each. The first switches of a process
     # leave memory that the C heap keeps and later switches reuse (measured here: ~2.5 MB with the test bundles,

@@ -29,11 +29,12 @@ class Selection:
     block_names: tuple[str, ...]
     teacher_accuracy: float
     overhead_ms: float = 0.0  # the chain's fixed cost per call (copying in and out, the loop), measured
+    latency_quantile: str = "median"  # which profiled latency of each option budgets count: median or p90
 
     @property
     def latency_ms(self) -> float:
-        """Profiled block latencies plus the chain's fixed overhead per call."""
-        return float(sum(o.latency_ms for o in self.options) + self.overhead_ms)
+        """Profiled block latencies (each option's median, or its p90) plus the chain's fixed overhead per call."""
+        return float(sum(option_latency(o, self.latency_quantile) for o in self.options) + self.overhead_ms)
 
     @property
     def memory_bytes(self) -> int:
@@ -50,8 +51,26 @@ class Selection:
                 {"block": b, "variant": o.variant, "precision": o.precision}
                 for b, o in zip(self.block_names, self.options)
             ],
-            "predicted": {"accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_bytes": self.memory_bytes},
+            "predicted": {"accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_bytes": self.memory_bytes}
+            | ({"latency_quantile": self.latency_quantile} if self.latency_quantile != "median" else {}),
         }
+
+
+#: What a latency budget is counted against. ``median``: each option's median profiled latency (half of the frames
+#: of a selection predicted right at its budget run over it). ``p90``: each option's 90th percentile, a stricter
+#: promise (their sum bounds the chain's p90 from above when blocks vary together, and roughly otherwise).
+LATENCY_QUANTILES = ("median", "p90")
+
+
+def check_latency_quantile(quantile: object) -> str:
+    if quantile not in LATENCY_QUANTILES:
+        raise LegoCompileError(f"latency_quantile must be one of {', '.join(LATENCY_QUANTILES)}, got {quantile!r}")
+    return str(quantile)
+
+
+def option_latency(option: OptionEntry, quantile: str = "median") -> float:
+    """The option's profiled latency that budgets count: its median, or its p90."""
+    return float(option.latency_p90_ms if quantile == "p90" else option.latency_ms)
 
 
 MIN_RETENTION = 1e-6  # an option that destroys accuracy still gets a finite (huge) cost
@@ -100,11 +119,12 @@ def selection_pairs(manifest: Manifest, selection) -> list[tuple[str, str]]:
     return [(p["variant"], p["precision"]) if isinstance(p, dict) else tuple(p) for p in items]
 
 
-def costs_of(manifest: Manifest) -> list[list[Cost]]:
-    """The optimizer's table: latency, memory, and ``-log(retention)`` as the quantity to minimise."""
+def costs_of(manifest: Manifest, latency_quantile: str = "median") -> list[list[Cost]]:
+    """The optimizer's table: latency (median or p90), memory, and ``-log(retention)`` as the quantity to minimise."""
     t = float(manifest.teacher["accuracy"])
-    return [[Cost(o.latency_ms, o.memory_bytes, -math.log(retention(o.accuracy_drop, t))) for o in selectable(b)]
-            for b in manifest.blocks]
+    q = check_latency_quantile(latency_quantile)
+    return [[Cost(option_latency(o, q), o.memory_bytes, -math.log(retention(o.accuracy_drop, t)))
+             for o in selectable(b)] for b in manifest.blocks]
 
 
 def options_of(manifest: Manifest, choice) -> tuple[OptionEntry, ...]:
@@ -116,15 +136,19 @@ def chain_overhead_ms(manifest: Manifest) -> float:
     return float(manifest.teacher.get("chain_overhead_ms", 0.0))
 
 
-def make_selection(manifest: Manifest, options) -> Selection:
+def make_selection(manifest: Manifest, options, latency_quantile: str = "median") -> Selection:
     return Selection(tuple(options), tuple(b.name for b in manifest.blocks), float(manifest.teacher["accuracy"]),
-                     chain_overhead_ms(manifest))
+                     chain_overhead_ms(manifest), check_latency_quantile(latency_quantile))
 
 
 def select_options(
-    manifest: Manifest, *, latency_ms: float | None = None, memory_mb: float | None = None, costs=None
+    manifest: Manifest, *, latency_ms: float | None = None, memory_mb: float | None = None, costs=None,
+    latency_quantile: str = "median",
 ) -> Selection:
     """The most accurate selection with Σ latency ≤ ``latency_ms`` and Σ memory ≤ ``memory_mb`` (MB = 1e6 bytes).
+
+    ``latency_quantile`` (:data:`LATENCY_QUANTILES`) picks which profiled latency the sum counts; ``costs``, when
+    given, must have been made with the same one (:func:`costs_of`).
 
     Raises:
         InfeasibleBudgetError: no selection fits; the message states the smallest achievable latency and memory.
@@ -134,8 +158,8 @@ def select_options(
     overhead = chain_overhead_ms(manifest)
     blocks_budget = None if latency_ms is None else max(latency_ms - overhead, 1e-12)
     try:
-        solution = solve(costs if costs is not None else costs_of(manifest),
+        solution = solve(costs if costs is not None else costs_of(manifest, latency_quantile),
                          Budget(latency_ms=blocks_budget, memory_bytes=memory_bytes))
     except InfeasibleBudgetError as e:  # restate it in end-to-end terms: the overhead is part of every selection
         raise InfeasibleBudgetError(asked, e.min_latency_ms + overhead, e.min_memory_bytes) from None
-    return make_selection(manifest, options_of(manifest, solution.choice))
+    return make_selection(manifest, options_of(manifest, solution.choice), latency_quantile)

@@ -34,7 +34,7 @@ import numpy as np
 from legocompile.bundle import Manifest
 from legocompile.errors import LegoCompileError, MissingDependencyError
 from legocompile.optimize.problem import Budget, InfeasibleBudgetError
-from legocompile.optimize.select import Selection, make_selection, selection_pairs
+from legocompile.optimize.select import Selection, check_latency_quantile, make_selection, selection_pairs
 
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 CACHE_ENV = "LEGOCOMPILE_CPP_CACHE"
@@ -326,6 +326,7 @@ class CppRuntime:
         threads: int | None = None,
         shared_threads: bool | None = None,
         keep_warm_mb: float = 0.0,
+        latency_quantile: str = "median",
     ) -> "CppRuntime":
         """Open a bundle in C++ (schema, paths and, with ``verify``, every sha256 checked); no engine loads yet.
 
@@ -339,6 +340,9 @@ class CppRuntime:
             CppToolchainMissing: the library is not built and cannot be (one line: what is missing).
             LegoCompileError: the bundle is damaged (the Python reader's one-line messages).
         """
+        if check_latency_quantile(latency_quantile) != "median":
+            raise LegoCompileError(f"the C++ runtime budgets on median latencies; latency_quantile="
+                                   f"{latency_quantile!r} needs the Python runtime")
         if shared_threads:
             raise LegoCompileError("the C++ runtime runs each engine on its own thread pool; shared_threads=True "
                                    "is not supported (use the Python runtime for ORT's process-wide pool)")

@@ -44,7 +44,14 @@ import numpy as np
 from legocompile.backends import get_backend
 from legocompile.bundle import Manifest, OptionEntry, read_bundle
 from legocompile.errors import LegoCompileError
-from legocompile.optimize.select import Selection, costs_of, make_selection, select_options, selection_pairs
+from legocompile.optimize.select import (
+    Selection,
+    check_latency_quantile,
+    costs_of,
+    make_selection,
+    select_options,
+    selection_pairs,
+)
 from legocompile.optimize.solver import prepare
 
 _EngineKey = tuple[int, str, str]  # (block index, variant, precision)
@@ -144,7 +151,9 @@ class Runtime:
         threads: int | None = None,
         shared_threads: bool | None = None,
         keep_warm_mb: float = 0.0,
+        latency_quantile: str = "median",
     ) -> None:
+        self.latency_quantile = check_latency_quantile(latency_quantile)
         if keep_warm_mb < 0:
             raise LegoCompileError(f"keep_warm_mb must be at least 0, got {keep_warm_mb}")
         self.root = Path(root)
@@ -163,7 +172,7 @@ class Runtime:
         self._select_lock = threading.RLock()
         self._local = _ThreadState()
         self._max_batch_sets = 4
-        self._costs = prepare(costs_of(manifest))  # the solver reuses this table on every select()
+        self._costs = prepare(costs_of(manifest, self.latency_quantile))  # reused by every select()
         self._original = tuple(b.option("s0", "fp32") for b in manifest.blocks)
         self._plan: _Plan | None = None  # nothing loaded until the first select() or call
         self.loads = 0  # engines loaded from the bundle so far (a switch back to a warm engine loads nothing)
@@ -179,6 +188,7 @@ class Runtime:
         shared_threads: bool | None = None,
         keep_warm_mb: float = 0.0,
         impl: str = "python",
+        latency_quantile: str = "median",
     ) -> "Runtime":
         """Open a bundle (checking its schema and checksums). No engine is loaded yet: the first call without a
         ``select`` loads the original fp32 selection.
@@ -193,16 +203,21 @@ class Runtime:
             keep_warm_mb: profiled memory (MB = 1e6 bytes) that engines outside the current selection may keep
                 occupying so that switching back to them is fast; least recently used first out. 0 (the default)
                 unloads every engine the current selection does not use.
+            latency_quantile: what a latency budget counts: each option's ``"median"`` profiled latency (the
+                default; a selection predicted right at its budget runs over it on about half its frames) or its
+                ``"p90"`` (a stricter promise; see :data:`legocompile.optimize.select.LATENCY_QUANTILES`).
         """
         if impl == "cpp":
             from legocompile.runtime.cpp_runtime import CppRuntime
 
             return CppRuntime.load(path, verify=verify, threads=threads, shared_threads=shared_threads,
-                                   keep_warm_mb=keep_warm_mb)  # type: ignore[return-value]
+                                   keep_warm_mb=keep_warm_mb,
+                                   latency_quantile=latency_quantile)  # type: ignore[return-value]
         if impl != "python":
             raise LegoCompileError(f"unknown runtime impl {impl!r}; choose 'python' or 'cpp'")
         manifest = read_bundle(path, verify=verify)
-        return cls(Path(path), manifest, threads=threads, shared_threads=shared_threads, keep_warm_mb=keep_warm_mb)
+        return cls(Path(path), manifest, threads=threads, shared_threads=shared_threads, keep_warm_mb=keep_warm_mb,
+                   latency_quantile=latency_quantile)
 
     def _backend(self, name: str) -> Any:
         backend = self._backends.get(name)
@@ -234,7 +249,8 @@ class Runtime:
     def selection(self) -> Selection:
         """The current selection (before any select or call: the original fp32 one, not loaded yet)."""
         plan = self._plan
-        return plan.selection if plan is not None else make_selection(self.manifest, self._original)
+        return plan.selection if plan is not None else make_selection(self.manifest, self._original,
+                                                                      self.latency_quantile)
 
     def loaded_engines(self) -> list[tuple[str, str, str]]:
         """``(block, variant, precision)`` of every engine loaded now: the current selection's, the keep-warm set's,
@@ -277,7 +293,7 @@ class Runtime:
         return self._switch(options).selection
 
     def _switch(self, options: Sequence[OptionEntry]) -> _Plan:
-        sel = make_selection(self.manifest, options)
+        sel = make_selection(self.manifest, options, self.latency_quantile)
         with self._select_lock:
             loads = self.loads
             plan = _Plan(sel, tuple(self._acquire(i, o) for i, o in enumerate(sel.options)))
@@ -311,7 +327,8 @@ class Runtime:
 
     def plan(self, latency_ms: float | None = None, memory_mb: float | None = None) -> Selection:
         """The optimizer's best selection under the budget, without switching to it."""
-        return select_options(self.manifest, latency_ms=latency_ms, memory_mb=memory_mb, costs=self._costs)
+        return select_options(self.manifest, latency_ms=latency_ms, memory_mb=memory_mb, costs=self._costs,
+                              latency_quantile=self.latency_quantile)
 
     def _explicit(self, selection) -> tuple[OptionEntry, ...]:
         out = []

@@ -182,18 +182,19 @@ class Ranges:
                 "memory_bytes": [self.memory_lo_bytes, self.memory_hi_bytes]}
 
 
-def bundle_ranges(manifest) -> Ranges:
-    """:class:`Ranges` from a manifest's profiles (selectable options only, as the optimizer sees them)."""
-    from legocompile.optimize.select import chain_overhead_ms, make_selection, selectable
+def bundle_ranges(manifest, latency_quantile: str = "median") -> Ranges:
+    """:class:`Ranges` from a manifest's profiles (selectable options only, as the optimizer sees them, with the
+    latency the runtime's budgets count: each option's median or p90)."""
+    from legocompile.optimize.select import chain_overhead_ms, make_selection, option_latency, selectable
 
     overhead = chain_overhead_ms(manifest)
     options = [selectable(b) for b in manifest.blocks]
     empty = [b.name for b, opts in zip(manifest.blocks, options) if not opts]
     if empty:
         raise TraceError(f"bundle: block {empty[0]!r} has no selectable option")
-    lat_lo = math.fsum(min(o.latency_ms for o in opts) for opts in options) + overhead
+    lat_lo = math.fsum(min(option_latency(o, latency_quantile) for o in opts) for opts in options) + overhead
     mem_lo = sum(min(o.memory_bytes for o in opts) for opts in options)
-    teacher = make_selection(manifest, [b.option("s0", "fp32") for b in manifest.blocks])
+    teacher = make_selection(manifest, [b.option("s0", "fp32") for b in manifest.blocks], latency_quantile)
     return Ranges(lat_lo, max(teacher.latency_ms, lat_lo), float(mem_lo), float(max(teacher.memory_bytes, mem_lo)))
 
 
