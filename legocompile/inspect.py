@@ -24,6 +24,7 @@ def summary(manifest: Manifest) -> dict:
                 "name": b.name,
                 "input_shape": list(b.input.shape),
                 "output_shape": list(b.output.shape),
+                "output_shapes": [list(t.shape) for t in b.outputs],  # several for a model's last block returning a tuple
                 "options": [{k: asdict(o)[k] for k in OPTION_FIELDS} for o in b.options],
             }
             for b in manifest.blocks

@@ -19,6 +19,7 @@ from legocompile._log import logger
 from legocompile.config import CalibrationConfig, ProfileConfig, Tolerances, normalize_precisions
 from legocompile.errors import LegoCompileError, MissingDependencyError
 from legocompile.modes import eval_mode
+from legocompile.outputs import as_outputs, concat_outputs, max_abs, tensors_to_numpy
 from legocompile.progress import Progress, SilentProgress
 from legocompile.stage import Stage, digest, tool_version
 from legocompile.workspace import Workspace, sha256_file
@@ -249,10 +250,10 @@ def _partition(model, example_input, blocks, max_blocks, eval_x, eval_y, progres
             chain = partition(model, example, blocks, max_blocks=max_blocks)
             err = verify_partition(model, chain, torch.from_numpy(eval_x[:16]))
             with torch.no_grad():
-                scale = float(model(torch.from_numpy(eval_x[:16])).abs().max()) or 1.0
-                logits = torch.cat(
-                    [model(torch.from_numpy(eval_x[i : i + 256])) for i in range(0, len(eval_x), 256)]
-                ).numpy()
+                scale = max_abs(tensors_to_numpy(model(torch.from_numpy(eval_x[:16])))) or 1.0
+                logits = concat_outputs(
+                    [tensors_to_numpy(model(torch.from_numpy(eval_x[i : i + 256]))) for i in range(0, len(eval_x), 256)]
+                )
             advance()
     if err > PARTITION_TOLERANCE * max(1.0, scale):
         raise LegoCompileError(f"the chain of blocks differs from the model by {err:.3g}; partition is not exact")
@@ -370,12 +371,14 @@ def _gate(ws, be, exported, engines, eval_in, tolerance: Tolerances, progress, r
             x = eval_in[i][:GATE_SAMPLES]
 
             def measure(ex=ex, eng=eng, x=x) -> dict:
-                ref = run(reference_backend, ex["path"], x)
-                got = run(be, eng["path"], x)
-                diff = got.astype(np.float64) - ref
-                norm = float(np.linalg.norm(ref))
-                return {"rel_l2": float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff)),
-                        "max_abs": float(np.max(np.abs(diff))), "samples": int(len(x))}
+                refs = as_outputs(run(reference_backend, ex["path"], x))
+                gots = as_outputs(run(be, eng["path"], x))
+                rel_l2 = max_err = 0.0
+                for ref, got in zip(refs, gots, strict=True):  # several outputs: the worst one decides
+                    diff = got.astype(np.float64) - ref
+                    norm, err = float(np.linalg.norm(ref)), float(np.linalg.norm(diff))
+                    rel_l2, max_err = max(rel_l2, err / norm if norm > 0 else err), max(max_err, max_abs(diff))
+                return {"rel_l2": rel_l2, "max_abs": max_err, "samples": int(len(x))}
 
             key = GATE.key(engine=eng["sha256"], reference=ex["sha256"], held_out=digest(x))
             measured, cached = ws.cached_json("gate", key, measure)
@@ -451,6 +454,7 @@ def engine_rel(block: str, variant: str, precision: str, suffix: str) -> str:
 def _write(out, be, model_name, example, chain, variants, precisions, exported, engines, gates, profiles, teacher,
            settings, additivity, batch, progress, extra_files=None) -> None:
     from legocompile.bundle import BlockEntry, Manifest, OptionEntry, TensorSpec, write_bundle
+    from legocompile.export import output_names
 
     files: dict[str, Path] = dict(extra_files or {})
     block_entries = []
@@ -475,9 +479,11 @@ def _write(out, be, model_name, example, chain, variants, precisions, exported, 
                                                         "export_relative_err", "export_tolerance")},
                     excluded=gate["excluded"],
                 ))
+        outputs = tuple(TensorSpec(name=name, shape=(batch, *shape[1:]))
+                        for name, shape in zip(output_names(block.num_outputs), block.output_shapes))
         block_entries.append(BlockEntry(
             name=block.name, input=TensorSpec(name="x", shape=(batch, *block.input_shape[1:])),
-            output=TensorSpec(name="y", shape=(batch, *block.output_shape[1:])), options=tuple(options),
+            output=outputs[0], extra_outputs=outputs[1:], options=tuple(options),
         ))
     from legocompile.bundle import SCHEMA_VERSION
 

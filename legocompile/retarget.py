@@ -55,7 +55,7 @@ class _Block:
 
     name: str
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]  # one per output (several only for a model's last block)
 
 
 def retarget(
@@ -108,7 +108,7 @@ def retarget(
     if frame_gap_ms is not None:
         prof = dataclasses.replace(prof, frame_gap_ms=frame_gap_ms)
     tolerance = Tolerances(**settings.get("tolerance", {}))
-    chain = [_Block(b.name, tuple(b.input.shape), tuple(b.output.shape)) for b in src.blocks]
+    chain = [_Block(b.name, tuple(b.input.shape), tuple(tuple(t.shape) for t in b.outputs)) for b in src.blocks]
 
     exported, ranges, carried = _read_sources(src_root, src, ws, keep, progress)
     from calibration.recipe import host_recipe
@@ -268,12 +268,12 @@ def _check_data(data, src: Manifest) -> tuple[np.ndarray, np.ndarray]:
 
 def _block_inputs(be, chain, engines, x: np.ndarray, progress) -> list[np.ndarray]:
     """Every block's input on ``x``, from the chain of this backend's fp32 engines of the original blocks."""
-    from legocompile.profile.profiler import _run_batched
+    from legocompile.profile.profiler import run_batched
 
     inputs = [x]
     with progress.stage("block inputs (fp32 chain)", len(chain) - 1) as advance:
         for i in range(len(chain) - 1):
-            inputs.append(_run_batched(be.load(engines[(i, "s0", "fp32")]["path"]), inputs[-1]))
+            inputs.append(run_batched(be.load(engines[(i, "s0", "fp32")]["path"]), inputs[-1]))
             advance()
     logger.info("block inputs for %d samples from the fp32 engine chain", len(x))
     return inputs

@@ -14,6 +14,7 @@ from torch import nn
 import zoo
 from legocompile.blocks import Block, partition, verify_partition
 from legocompile.errors import LegoCompileError
+from legocompile.outputs import as_outputs
 
 RGB = (1, 3, 32, 32)
 GRAY = (1, 1, 32, 32)
@@ -28,6 +29,8 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mid_skip": (zoo.MidSkipNet, GRAY),
     "shared_weight": (zoo.SharedWeightNet, GRAY),
     "shape_branch_vgg": (zoo.ShapeBranchVGG, GRAY),  # torch.fx alone refuses it: branches on shapes
+    "two_head": (zoo.TwoHeadNet, GRAY),  # returns (logits, box, heatmap): the last block carries the tuple
+    "early_output": (zoo.EarlyOutputNet, GRAY),  # returns an early feature map too: no cut while it is pending
 }
 
 RESNET18_NAMES = [
@@ -90,8 +93,9 @@ def test_auto_chain_equals_model(name: str, max_blocks: int | None) -> None:
     assert blocks[0].input_shape == tuple(x.shape)
     for before, after in zip(blocks, blocks[1:]):
         assert before.output_shape == after.input_shape
+    assert all(b.num_outputs == 1 for b in blocks[:-1])
     with torch.no_grad():
-        assert blocks[-1].output_shape == tuple(model.eval()(x).shape)
+        assert blocks[-1].output_shapes == tuple(tuple(t.shape) for t in as_outputs(model.eval()(x)))
     assert len(set(names(blocks))) == len(blocks)
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names(blocks))
     assert all(isinstance(b.module, torch.fx.GraphModule) and not b.module.training for b in blocks)
@@ -236,7 +240,8 @@ def test_explicit_last_module_followed_by_functional_ops_covers_the_model() -> N
         (
             ["layer1.0.conv1", "fc"],
             r"cannot cut after 'layer1\.0\.conv1': 2 tensors cross the cut \(layer1\.0\.conv1, relu\) — "
-            r"choose a block boundary where exactly one tensor crosses",
+            r"a block boundary inside the chain carries exactly one tensor .*; choose a boundary where exactly one "
+            r"tensor crosses",
         ),
         (
             ["layer1.0.bn2", "fc"],
@@ -269,7 +274,7 @@ def test_untraceable_model_names_class_and_cause() -> None:
 @pytest.mark.parametrize(
     ("model", "pattern"),
     [
-        (zoo.TwoOutputNet(), r"TwoOutputNet\.forward\(\) returns a tuple"),
+        (zoo.DictOutputNet(), r"DictOutputNet\.forward\(\) is a dict, not a tensor"),
         (zoo.TwoInputNet(), r"TwoInputNet\.forward\(\) takes 2 inputs \(x, y\)"),
     ],
 )

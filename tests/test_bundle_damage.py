@@ -148,6 +148,11 @@ DAMAGES = [
            MANIFEST_ERR + "b0 s0/int8: engine '" + ENGINE + "' is not listed in files"),
     Damage("option sha256 differs from files", _set(("blocks", 0, "options", 1, "sha256"), "ab" * 32),
            MANIFEST_ERR + "b0 s0/int8: sha256 differs from files['" + ENGINE + "']"),
+    Damage("several outputs on an interior block",
+           _set(("blocks", 0, "extra_outputs"), [{"name": "y1", "shape": [1, 4], "dtype": "float32"}]),
+           MANIFEST_ERR + "b0: only the last block may have several outputs (block boundaries are single tensors)"),
+    Damage("extra outputs not a list", _set(("blocks", 1, "extra_outputs"), "y1"),
+           MANIFEST_ERR + "manifest.blocks[1].extra_outputs: expected a list, got 'y1'"),
 ]
 
 

@@ -166,7 +166,7 @@ def test_segmentation_build_measures_miou(seg_build):
     m = read_bundle(seg_build["out"])
     assert m.teacher["metric"] == "miou" and summary(m)["metric"] == "miou"
     with torch.no_grad():
-        pytorch = miou(seg_build["model"](torch.from_numpy(seg_build["ex"])).numpy(), seg_build["ey"])
+        pytorch = miou(seg_build["model"](torch.from_numpy(np.array(seg_build["ex"]))).numpy(), seg_build["ey"])
     assert 0.2 < pytorch < 1.0
     assert m.teacher["pytorch_accuracy"] == pytest.approx(pytorch, abs=1e-9)
     assert abs(m.teacher["accuracy"] - pytorch) <= 1 / len(seg_build["ex"])

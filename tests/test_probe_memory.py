@@ -60,7 +60,7 @@ def test_unsteady_memory_is_measured_again_in_a_new_process(monkeypatch):
     monkeypatch.setattr(probe, "_memory_child", lambda *a: unsteady)  # the forked child sees this
     spawned = []
     monkeypatch.setattr(probe, "_memory_spawned", lambda args: spawned.append(args) or steady)
-    engine = {"path": "e.onnx", "input_shape": [1, 2], "output_shape": [1, 2]}
+    engine = {"path": "e.onnx", "input_shape": [1, 2], "output_shapes": [[1, 2]]}
     (m,) = probe._measure_memory_forked([engine], 2)
     assert m["memory_bytes"] == 1_560_000 and m["attempts"] == 2 and len(spawned) == 1
     monkeypatch.setattr(probe, "_memory_child", lambda *a: steady)

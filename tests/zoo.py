@@ -285,16 +285,52 @@ class BatchBranchNet(nn.Module):
         return -self.conv(x)
 
 
-class TwoOutputNet(nn.Module):
-    """Returns a tuple: not partitionable into single-output blocks."""
+class DictOutputNet(nn.Module):
+    """Returns a dict: refused (the outputs must be one tensor or a flat tuple of tensors)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self.conv(x)
-        return y, y.mean((2, 3))
+        return {"map": y, "mean": y.mean((2, 3))}
+
+
+class TwoHeadNet(nn.Module):
+    """A detector-shaped CNN: a conv trunk, then class logits and a box regression from shared pooled features.
+
+    ``forward`` returns the tuple ``(logits (N, classes), box (N, 4), heatmap (N, 1, H/4, W/4))``, as detection and
+    pose heads do; only the last block can carry it."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(in_channels, width)
+        self.down1 = conv_bn_relu(width, 2 * width, stride=2)
+        self.down2 = conv_bn_relu(2 * width, 4 * width, stride=2)
+        self.mid = conv_bn_relu(4 * width, 4 * width)
+        self.cls = nn.Linear(4 * width, classes)
+        self.box = nn.Linear(4 * width, 4)
+        self.heat = nn.Conv2d(4 * width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = self.mid(self.down2(self.down1(self.stem(x))))
+        pooled = f.mean((2, 3))
+        return self.cls(pooled), torch.sigmoid(self.box(pooled)), self.heat(f)
+
+
+class EarlyOutputNet(nn.Module):
+    """Returns an early feature map next to the final one: every cut after it would carry two tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = conv_bn_relu(1, 4)
+        self.b = conv_bn_relu(4, 4)
+        self.c = conv_bn_relu(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        early = self.a(x)
+        return early, self.c(self.b(early))
 
 
 class TwoInputNet(nn.Module):

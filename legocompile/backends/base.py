@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -61,13 +61,26 @@ class HostBuffer:
 
 
 class Engine(Protocol):
-    def bind(self, src: Buffer, dst: Buffer) -> Callable[[], None]:
-        """Return a no-argument callable that runs the engine from ``src`` into ``dst``, allocating nothing."""
+    def bind(self, src: Buffer, dst: Buffer | Sequence[Buffer]) -> Callable[[], None]:
+        """Return a no-argument callable that runs the engine from ``src`` into ``dst``, allocating nothing.
+
+        ``dst`` is one buffer, or one buffer per output, in the ONNX's output order, for the last block of a model
+        whose ``forward`` returns several tensors (:func:`bound_outputs` checks the count)."""
         ...
 
     def run(self, x: Any) -> Any:
-        """Convenience (allocating) run from a host array to a new host array: accuracy gate and profiles."""
+        """Convenience (allocating) run from a host array to a new host array (a tuple of them for several
+        outputs, as :func:`legocompile.outputs.from_outputs` gives): accuracy gate and profiles."""
         ...
+
+
+def bound_outputs(dst: Any, count: int) -> tuple:
+    """``dst`` as one buffer per engine output; a one-line error when the count differs from the engine's."""
+    dsts = tuple(dst) if isinstance(dst, (tuple, list)) else (dst,)
+    if len(dsts) != count:
+        raise LegoCompileError(f"the engine has {count} output{'s' * (count != 1)} but {len(dsts)} buffer"
+                               f"{'s were' if len(dsts) != 1 else ' was'} bound")
+    return dsts
 
 
 class Backend(Protocol):

@@ -30,7 +30,9 @@ class GraphInfo:
     Attributes:
         gm: The traced, shape-propagated graph module.
         nodes: Compute nodes in topological order; ``nodes[0]`` is the placeholder.
-        output_value: The node whose value the model returns.
+        output_values: The nodes whose values the model returns: one, or several when ``forward`` returns a tuple
+            or list of tensors (a detection or pose head). Only the last block may have several outputs; every
+            interior cut stays single-tensor.
         last_use: For each position, the last position that consumes its value (``n`` for the output node,
             ``-1`` when the value is unused).
         macs: For each position, the multiply-accumulates of its conv/linear layer (0 for other nodes).
@@ -38,7 +40,7 @@ class GraphInfo:
 
     gm: fx.GraphModule
     nodes: tuple[fx.Node, ...]
-    output_value: fx.Node
+    output_values: tuple[fx.Node, ...]
     last_use: tuple[int, ...]
     macs: tuple[int, ...]
 
@@ -74,7 +76,7 @@ def check_single_input(gm: fx.GraphModule, model_name: str) -> None:
 
 
 def analyze(gm: fx.GraphModule, model_name: str) -> GraphInfo:
-    """Check that a traced graph has one tensor input and one tensor output, and index its compute nodes.
+    """Check that a traced graph has one tensor input and tensor outputs, and index its compute nodes.
 
     Args:
         gm: A traced graph module on which ``ShapeProp`` has run.
@@ -84,28 +86,46 @@ def analyze(gm: fx.GraphModule, model_name: str) -> GraphInfo:
         The graph's :class:`GraphInfo`.
 
     Raises:
-        LegoCompileError: If the model has several inputs, several outputs or a non-tensor output.
+        LegoCompileError: If the model has several inputs or an output that is not a tensor or a flat tuple of them.
     """
     check_single_input(gm, model_name)
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    value = output.args[0]
-    if not isinstance(value, fx.Node):
-        raise LegoCompileError(
-            f"{model_name}.forward() returns a {type(value).__name__}, not a single tensor "
-            f"(output node '{output.name}'); blocks need exactly one tensor output"
-        )
-    if not is_tensor(value):
-        raise LegoCompileError(
-            f"{model_name}.forward() returns '{label(value)}', which is not a single tensor; "
-            "blocks need exactly one tensor output"
-        )
+    values = output_values(output, model_name)
     nodes = tuple(n for n in gm.graph.nodes if n.op not in ("get_attr", "output"))
     pos = {n: i for i, n in enumerate(nodes)}
     n_nodes = len(nodes)
     last_use = tuple(max((pos.get(u, n_nodes) for u in n.users), default=-1) for n in nodes)
     modules = dict(gm.named_modules())
     macs = tuple(node_macs(n, modules) for n in nodes)
-    return GraphInfo(gm=gm, nodes=nodes, output_value=value, last_use=last_use, macs=macs)
+    return GraphInfo(gm=gm, nodes=nodes, output_values=values, last_use=last_use, macs=macs)
+
+
+def output_values(output: fx.Node, model_name: str) -> tuple[fx.Node, ...]:
+    """The tensors a traced ``forward`` returns: one tensor, or a flat tuple/list of tensors (in order).
+
+    Raises:
+        LegoCompileError: for anything else (a dict, a nested tuple, a non-tensor value), naming the output.
+    """
+    value = output.args[0]
+    several = isinstance(value, (tuple, list))
+    values = tuple(value) if several else (value,)
+    if several and not values:
+        raise LegoCompileError(f"{model_name}.forward() returns an empty {type(value).__name__}; blocks need a tensor output")
+    for k, v in enumerate(values):
+        where = f"output {k} of {model_name}.forward()" if several else f"{model_name}.forward()"
+        if not isinstance(v, fx.Node):
+            raise LegoCompileError(
+                f"{where} is a {type(v).__name__.removeprefix('immutable_')}, not a tensor (output node '{output.name}'); the model must return "
+                "one tensor or a flat tuple of tensors"
+            )
+        if not is_tensor(v):
+            raise LegoCompileError(
+                f"{where} is '{label(v)}', which is not a single tensor; the model must return one tensor or a flat "
+                "tuple of tensors"
+            )
+        if v.op == "placeholder":
+            raise LegoCompileError(f"{where} is the model's input itself; every output must be computed")
+    return values
 
 
 def crossing_at(info: GraphInfo, k: int) -> list[fx.Node]:

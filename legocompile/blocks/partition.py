@@ -1,9 +1,11 @@
-"""Cut a traced CNN into a chain of single-tensor-in, single-tensor-out blocks.
+"""Cut a traced CNN into a chain of single-tensor-in, single-tensor-out blocks (the last may return several tensors).
 
 :func:`partition` traces the model with ``torch.fx`` (control flow on shapes is decided at the example input's shape:
 see :mod:`legocompile.blocks.trace`), finds the points where exactly one tensor crosses from
 the nodes before to the nodes after, and builds one ``fx.GraphModule`` per segment. Composing the blocks in
-order equals the model's forward (:func:`verify_partition` checks it).
+order equals the model's forward (:func:`verify_partition` checks it). A model whose ``forward`` returns a flat tuple
+of tensors (detection and pose heads) gets a last block that returns that tuple; a cut inside the chain where more
+than one tensor would cross is refused with the tensors named.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from legocompile.blocks.graph import (
 from legocompile.blocks.trace import TraceFailure, trace
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
+from legocompile.outputs import as_outputs
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,28 @@ class Block:
 
     Attributes:
         name: Stable, directory-safe name (``layer1.1``, ``conv1-layer1.0``).
-        module: The block's graph module: one tensor in, one tensor out; owns copies of its parameters.
+        module: The block's graph module: one tensor in; one tensor out, or (the last block of a model that
+            returns a tuple) a tuple of tensors; owns copies of its parameters.
         input_shape: Input shape at the example input's batch size.
-        output_shape: Output shape at the example input's batch size.
+        output_shapes: Shape of each output at the example input's batch size (one entry except for such a last
+            block).
         macs: Multiply-accumulates of the block's conv/linear layers for the example input.
     """
 
     name: str
     module: fx.GraphModule
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
     macs: int
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of the block's output; for a block with several outputs, the first one's."""
+        return self.output_shapes[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_shapes)
 
 
 def partition(
@@ -101,21 +115,23 @@ def verify_partition(model: nn.Module, blocks: Sequence[Block], x: torch.Tensor)
         x: An input batch.
 
     Returns:
-        The maximum absolute difference between the model's output and the chain's.
+        The maximum absolute difference between the model's output and the chain's (over every output).
 
     Raises:
-        LegoCompileError: If the chain's output shape differs from the model's.
+        LegoCompileError: If the chain's output shapes differ from the model's.
     """
     with eval_mode(model, *(b.module for b in blocks)), torch.no_grad():
-        expected = model(x.clone())  # clones: an in-place first op must not alter the other run's input
+        expected = as_outputs(model(x.clone()))  # clones: an in-place first op must not alter the other run's input
         actual = x.clone()
         for block in blocks:
             actual = block.module(actual)
-    if tuple(actual.shape) != tuple(expected.shape):
-        raise LegoCompileError(
-            f"the chain of blocks returns shape {tuple(actual.shape)} but the model returns {tuple(expected.shape)}"
-        )
-    return float((actual.float() - expected.float()).abs().max()) if expected.numel() else 0.0
+        actual = as_outputs(actual)
+    got, want = [tuple(a.shape) for a in actual], [tuple(e.shape) for e in expected]
+    if got != want:
+        show = lambda shapes: str(shapes[0]) if len(shapes) == 1 else f"{len(shapes)} tensors {shapes}"  # noqa: E731
+        raise LegoCompileError(f"the chain of blocks returns shape {show(got)} but the model returns {show(want)}")
+    return max(((a.float() - e.float()).abs().max().item() if e.numel() else 0.0 for a, e in zip(actual, expected)),
+               default=0.0)
 
 
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
@@ -239,12 +255,13 @@ def _bad_cut_message(info: GraphInfo, path: str, end: int, crossing: list[fx.Nod
     else:
         kind = "tensors" if all(is_tensor(n) for n in crossing) else "values"
         what = f"{len(crossing)} {kind} cross the cut ({names})"
-    return f"{where}: {what} — choose a block boundary where exactly one tensor crosses"
+    return (f"{where}: {what} — a block boundary inside the chain carries exactly one tensor (only the model's own "
+            "output may be several); choose a boundary where exactly one tensor crosses")
 
 
 def _build_block(info: GraphInfo, name: str, start: int, end: int) -> Block:
     source = info.nodes[start]
-    result = info.output_value if end == info.end else crossing_at(info, end)[0]
+    results = info.output_values if end == info.end else (crossing_at(info, end)[0],)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {source: graph.placeholder("x")}
 
@@ -255,7 +272,8 @@ def _build_block(info: GraphInfo, name: str, start: int, end: int) -> Block:
 
     for node in info.nodes[start + 1 : end + 1]:
         env[node] = graph.node_copy(node, remap)
-    graph.output(env[result])
+    several = len(info.output_values) > 1 and end == info.end
+    graph.output(tuple(env[r] for r in results) if several else env[results[0]])
     module = fx.GraphModule(info.gm, graph, class_name="Block")
     module.graph.eliminate_dead_code()
     module.recompile()
@@ -265,6 +283,6 @@ def _build_block(info: GraphInfo, name: str, start: int, end: int) -> Block:
         name=name,
         module=module,
         input_shape=shape_of(source),
-        output_shape=shape_of(result),
+        output_shapes=tuple(shape_of(r) for r in results),
         macs=_segment_macs(info, start, end),
     )

@@ -73,8 +73,16 @@ class OptionEntry:
 class BlockEntry:
     name: str
     input: TensorSpec
-    output: TensorSpec
+    output: TensorSpec  # the block's output (``y``); for a last block with several outputs, the first one
     options: tuple[OptionEntry, ...]
+    # The last block of a model whose forward returns a tuple: its outputs after the first (``y1``, ``y2``, ...).
+    # Absent (empty) everywhere else; block boundaries inside the chain are single tensors.
+    extra_outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Every output of the block, in order (one, except for such a last block)."""
+        return (self.output, *self.extra_outputs)
 
     def option(self, variant: str, precision: str) -> OptionEntry:
         for o in self.options:
@@ -99,7 +107,16 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # bundle-relative path -> sha256; set by write_bundle
 
     def to_json(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        for b in doc["blocks"]:
+            if not b["extra_outputs"]:
+                del b["extra_outputs"]  # single-output bundles read exactly as before (the C++ runtime too)
+        return doc
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The chain's outputs: the last block's (one tensor, or several for a model that returns a tuple)."""
+        return self.blocks[-1].outputs if self.blocks else ()
 
     @staticmethod
     def from_json(doc: Any) -> "Manifest":
@@ -184,6 +201,10 @@ def _value(tp: Any, value: Any, where: str) -> Any:
 def check_consistency(manifest: Manifest) -> list[str]:
     """Cross-field rules the types cannot express, one line per violation (paths are checked by the reader)."""
     problems = []
+    for b in manifest.blocks[:-1]:
+        if b.extra_outputs:
+            problems.append(f"{b.name}: only the last block may have several outputs (block boundaries are single "
+                            "tensors)")
     for rel, digest in manifest.files.items():
         if not _SHA256.fullmatch(digest):
             problems.append(f"files[{quote(rel)}]: not a sha256 hex digest: {_describe(digest)}")

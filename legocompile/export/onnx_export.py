@@ -1,7 +1,8 @@
 """Export one block to ONNX and check it against PyTorch.
 
 Every block's ONNX has one float32 input ``x`` and one float32 output ``y`` with a dynamic batch axis, so the runtime
-can bind any block variant to the same boundary buffers.
+can bind any block variant to the same boundary buffers. The last block of a model that returns a tuple has one
+output per element, named by :func:`output_names` (``y``, ``y1``, ``y2``, ...).
 
 The TorchScript-based exporter (``dynamo=False``) is used: blocks are small traced ``GraphModule``\\s with no dynamic
 control flow, and it exports them in ~0.1 s where the dynamo path takes seconds per block.
@@ -18,6 +19,7 @@ import numpy as np
 
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
+from legocompile.outputs import as_outputs, max_abs, tensors_to_numpy
 from legocompile.workspace import atomic_write_bytes
 
 OPSET = 17
@@ -25,26 +27,35 @@ INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 
 
+def output_names(count: int) -> list[str]:
+    """The ONNX output names of a block with ``count`` outputs: ``y`` first (every block has it), then ``y1``, ..."""
+    return [OUTPUT_NAME] + [f"{OUTPUT_NAME}{k}" for k in range(1, count)]
+
+
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
-    max_abs_err: float  # max |ORT - PyTorch| over the check inputs
+    max_abs_err: float  # max |ORT - PyTorch| over the check inputs (and every output)
     num_checked: int
     output_max_abs: float = 0.0  # max |PyTorch output| over the same inputs: the scale the error is judged against
+    output_errors: tuple[tuple[float, float], ...] = ()  # (max abs error, max |output|) per output, when several
 
     @property
     def relative_err(self) -> float:
-        """``max_abs_err`` relative to the output's magnitude (what the export gate checks)."""
-        return self.max_abs_err / self.output_max_abs if self.output_max_abs > 0 else self.max_abs_err
+        """``max_abs_err`` relative to the output's magnitude (what the export gate checks); with several outputs,
+        the worst output's error relative to that output's own magnitude."""
+        pairs = self.output_errors or ((self.max_abs_err, self.output_max_abs),)
+        return max(err / scale if scale > 0 else err for err, scale in pairs)
 
 
 def onnx_bytes(module, example_input) -> bytes:
-    """Serialise ``module`` (one tensor in, one tensor out) to ONNX bytes in eval mode."""
+    """Serialise ``module`` (one tensor in; one tensor or a tuple of tensors out) to ONNX bytes in eval mode."""
     import torch
 
     buf = io.BytesIO()
     with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        names = output_names(len(as_outputs(module(example_input.clone()))))
         try:
             torch.onnx.export(
                 module,
@@ -53,8 +64,8 @@ def onnx_bytes(module, example_input) -> bytes:
                 opset_version=OPSET,
                 dynamo=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=names,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}},
                 do_constant_folding=True,
             )
         except Exception as e:  # the exporter raises many types; the user needs the first line
@@ -109,13 +120,16 @@ def export_block(module, check_inputs: np.ndarray, path: str | Path, *, batch_si
     from legocompile.backends import get_backend
 
     engine = get_backend("onnxruntime").load(data)  # ORT checks the export, whatever backend builds the engines
-    max_err = scale = 0.0
+    errors: list[list[float]] = []  # per output: [max abs error, max |output|]
     with eval_mode(module), torch.no_grad():
         for start in range(0, len(check_inputs), batch_size):
             xb = np.ascontiguousarray(check_inputs[start : start + batch_size], dtype=np.float32)
-            ref = module(torch.from_numpy(xb)).numpy()
-            got = engine.run(xb)
-            max_err = max(max_err, float(np.max(np.abs(ref - got))))
-            scale = max(scale, float(np.max(np.abs(ref))))
+            refs = as_outputs(tensors_to_numpy(module(torch.from_numpy(xb))))
+            gots = as_outputs(engine.run(xb))
+            errors = errors or [[0.0, 0.0] for _ in refs]
+            for e, ref, got in zip(errors, refs, gots, strict=True):
+                e[0], e[1] = max(e[0], max_abs(ref - got)), max(e[1], max_abs(ref))
     atomic_write_bytes(path, data)
-    return ExportResult(path=Path(path), max_abs_err=max_err, num_checked=len(check_inputs), output_max_abs=scale)
+    return ExportResult(path=Path(path), max_abs_err=max(e[0] for e in errors), num_checked=len(check_inputs),
+                        output_max_abs=max(e[1] for e in errors),
+                        output_errors=tuple((e[0], e[1]) for e in errors) if len(errors) > 1 else ())

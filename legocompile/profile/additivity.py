@@ -15,10 +15,10 @@ import numpy as np
 
 from legocompile.optimize.select import additive_accuracy, predicted_accuracy
 from legocompile.profile.accuracy import Metric, resolve_metric
+from legocompile.profile.profiler import run_batched
 from legocompile.stage import Stage, digest
 from legocompile.workspace import Workspace, atomic_write_json
 
-EVAL_BATCH = 256
 ADDITIVITY = Stage("additivity", inputs=("options", "drops", "teacher_accuracy", "eval_inputs", "labels",
                                          "metric", "num_selections", "seed"), tools=("onnxruntime",), format=3)
 
@@ -61,7 +61,7 @@ def check_additivity(
             for k in choice:
                 if k not in loaded:
                     loaded[k] = backend.load(engines[k]["path"])
-                h = np.concatenate([loaded[k].run(h[j : j + EVAL_BATCH]) for j in range(0, len(h), EVAL_BATCH)])
+                h = run_batched(loaded[k], h)
             measured = metric(h, eval_y)
             d = [drops[k] for k in choice]
             samples.append({"selection": [[k[1], k[2]] for k in choice], "measured": measured,

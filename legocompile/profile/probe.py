@@ -73,7 +73,19 @@ class ProbeEngine:
     block: int  # position in the chain
     context: str  # which context chain to time it in (see run_probe's ``contexts``)
     input_shape: tuple[int, ...]  # at the profile batch size
-    output_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]  # one per output; a single shape is accepted for one output
+
+    def __post_init__(self) -> None:
+        shapes = tuple(self.output_shapes)
+        if shapes and isinstance(shapes[0], int):
+            shapes = (shapes,)
+        object.__setattr__(self, "output_shapes", tuple(tuple(int(d) for d in s) for s in shapes))
+
+
+def _allocate_outputs(be, shapes: list) -> object:
+    """One buffer for one output shape, a tuple of buffers for several (what ``Engine.bind`` takes)."""
+    bufs = tuple(be.allocate(tuple(s)) for s in shapes)
+    return bufs[0] if len(bufs) == 1 else bufs
 
 
 def _rss_bytes() -> int:
@@ -104,7 +116,8 @@ def _initializer_bytes(data: bytes) -> int:
     return total
 
 
-def _memory_child(path: str, shape: list[int], out_shape: list[int], threads: int, backend: str = "onnxruntime") -> dict:
+def _memory_child(path: str, shape: list[int], out_shapes: list[list[int]], threads: int,
+                  backend: str = "onnxruntime") -> dict:
     """Resident bytes that one more loaded, run engine adds, measured like the Runtime holds it (see the module
     docstring). Returns the figure and the readings it comes from."""
     from legocompile.backends import get_backend
@@ -113,7 +126,7 @@ def _memory_child(path: str, shape: list[int], out_shape: list[int], threads: in
     be = get_backend(backend)
     be.configure(threads=threads)
     data = Path(path).read_bytes()
-    src, dst = be.allocate(tuple(shape)), be.allocate(tuple(out_shape))
+    src, dst = be.allocate(tuple(shape)), _allocate_outputs(be, out_shapes)
     held = []
 
     def one_more() -> None:
@@ -176,7 +189,7 @@ def _memory_spawned(args: list) -> dict | None:
 def _measure_memory_forked(engines: list[dict], threads: int, backend: str = "onnxruntime") -> list[dict | None]:
     out: list[dict | None] = []
     for e in engines:
-        args = [e["path"], e["input_shape"], e["output_shape"], threads, backend]
+        args = [e["path"], e["input_shape"], e["output_shapes"], threads, backend]
         m = _memory_forked(args)
         if m is not None:
             m["attempts"] = 1
@@ -203,8 +216,8 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
 
     contexts = job["contexts"]  # name -> engine index per block position
     base = contexts[job["overhead_context"]]
-    shapes = [engines[base[0]]["input_shape"]] + [engines[k]["output_shape"] for k in base]
-    bufs = [be.allocate(tuple(s)) for s in shapes]
+    bufs = [be.allocate(tuple(engines[base[0]]["input_shape"]))]
+    bufs += [_allocate_outputs(be, engines[k]["output_shapes"]) for k in base]
     x = np.load(job["chain_input"])
     bufs[0].upload(x)
     bound = [be.load(Path(e["path"])).bind(bufs[e["block"]], bufs[e["block"] + 1]) for e in engines]
@@ -237,13 +250,14 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
         a = np.asarray(s)
         stats.append(LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), len(a), warmup).to_json())
 
-    first, last = bufs[0], bufs[-1]
+    first, last = bufs[0], bufs[-1] if isinstance(bufs[-1], tuple) else (bufs[-1],)
 
     def runtime_call() -> None:  # what Runtime.__call__ does around the blocks
         first.upload(x)
         for run in base_runs:
             run()
-        last.download()
+        for out in last:
+            out.download()
 
     if gap:
         for _ in range(warmup):
@@ -322,7 +336,7 @@ def run_probe(
         "chain_input": str(chain_input),
         "engines": [
             {"path": str(e.path), "block": e.block, "context": e.context, "input_shape": list(e.input_shape),
-             "output_shape": list(e.output_shape)}
+             "output_shapes": [list(s) for s in e.output_shapes]}
             for e in engines
         ],
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from legocompile.outputs import as_outputs, concat_outputs, max_abs
 from legocompile.profile.accuracy import Metric, resolve_metric
 from legocompile.profile.probe import ProbeEngine, run_probe
 from legocompile.stage import Stage, digest
@@ -26,14 +27,15 @@ from legocompile.workspace import Workspace, atomic_write_json
 EVAL_BATCH = 256
 
 
-def _run_batched(engine, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([engine.run(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+def run_batched(engine, x: np.ndarray):
+    """The engine's outputs over ``x``, in batches (an array, or a tuple of arrays for several outputs)."""
+    return concat_outputs([engine.run(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
 
 
-def _chain_from(load, keys, start: int, x: np.ndarray) -> np.ndarray:
+def _chain_from(load, keys, start: int, x: np.ndarray):
     """Run blocks ``start..`` of the chain given by ``keys`` on ``x`` (block ``start``'s input)."""
     for k in keys[start:]:
-        x = _run_batched(load(k), x)
+        x = run_batched(load(k), x)
     return x
 
 
@@ -116,11 +118,12 @@ def profile_engines(
         for k in acc_todo:
             i = k[0]
             if i not in ref_out:
-                ref_out[i] = _run_batched(load(teacher_keys[i]), eval_in[i])
-            out = _run_batched(load(k), eval_in[i])
+                ref_out[i] = run_batched(load(teacher_keys[i]), eval_in[i])
+            out = run_batched(load(k), eval_in[i])
             logits = _chain_from(load, teacher_keys, i + 1, out)
             measured = {"accuracy_drop": teacher_acc - metric(logits, eval_y),
-                        "output_max_abs_err": float(np.max(np.abs(out - ref_out[i])))}
+                        "output_max_abs_err": max(max_abs(o - r) for o, r in zip(as_outputs(out),
+                                                                                  as_outputs(ref_out[i])))}
             atomic_write_json(accuracy_path(k), measured)
             results[k].update(measured)
             advance()
@@ -133,7 +136,7 @@ def profile_engines(
             np.save(input_path, chain_input)
             probe_engines = [
                 ProbeEngine(engines[k]["path"], k[0], k[2], (batch, *chain[k[0]].input_shape[1:]),
-                            (batch, *chain[k[0]].output_shape[1:]))
+                            tuple((batch, *s[1:]) for s in chain[k[0]].output_shapes))
                 for k in probe_keys
             ]
             measured = run_probe(

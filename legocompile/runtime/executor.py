@@ -53,18 +53,30 @@ from legocompile.optimize.select import (
     selection_pairs,
 )
 from legocompile.optimize.solver import prepare
+from legocompile.outputs import concat_outputs, from_outputs
 
 _EngineKey = tuple[int, str, str]  # (block index, variant, precision)
 
 
 class _BufferSet:
-    """One thread's boundary buffers for one batch size (``blocks + 1`` buffers)."""
+    """One thread's boundary buffers for one batch size: ``blocks + 1`` buffers, and ``extra``, the buffers of the
+    last block's further outputs (a model whose forward returns a tuple; empty otherwise)."""
 
-    __slots__ = ("batch", "buffers", "__weakref__")
+    __slots__ = ("batch", "buffers", "extra", "__weakref__")
 
-    def __init__(self, batch: int, buffers: list) -> None:
+    def __init__(self, batch: int, buffers: list, extra: tuple = ()) -> None:
         self.batch = batch
         self.buffers = buffers
+        self.extra = extra
+
+    def outputs_of(self, i: int):
+        """What block ``i`` writes: its output buffer, or the last block's buffers when it has several outputs."""
+        dst = self.buffers[i + 1]
+        return (dst, *self.extra) if self.extra and i + 2 == len(self.buffers) else dst
+
+    def download(self):
+        """The chain's result: an array, or a tuple of arrays for several outputs."""
+        return from_outputs(tuple(b.download() for b in (self.buffers[-1], *self.extra)))
 
 
 class _Loaded:
@@ -83,7 +95,7 @@ class _Loaded:
         run = self.bound.get(bufs)
         if run is None:
             i = self.key[0]
-            run = self.bound[bufs] = self.engine.bind(bufs.buffers[i], bufs.buffers[i + 1])
+            run = self.bound[bufs] = self.engine.bind(bufs.buffers[i], bufs.outputs_of(i))
         return run
 
 
@@ -350,11 +362,14 @@ class Runtime:
                 del sets[next(iter(sets))]  # its bindings go with it (weakly keyed)
             backend = self._backend(self.backend_name)  # the buffers live in the bundle's backend's memory
             shapes = [self.manifest.blocks[0].input.shape] + [b.output.shape for b in self.manifest.blocks]
-            bufs = sets[batch] = _BufferSet(batch, [backend.allocate((batch, *s[1:])) for s in shapes])
+            extra = tuple(backend.allocate((batch, *t.shape[1:])) for t in self.manifest.blocks[-1].extra_outputs)
+            bufs = sets[batch] = _BufferSet(batch, [backend.allocate((batch, *s[1:])) for s in shapes], extra)
         return bufs
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the current selection on a float32 batch shaped like the bundle's input (any batch size)."""
+    def __call__(self, x: np.ndarray) -> Any:
+        """Run the current selection on a float32 batch shaped like the bundle's input (any batch size).
+
+        Returns the output array, or a tuple of arrays (in the model's order) when the model returns several."""
         plan = self._plan or self._default_plan()  # read once: this call runs on this plan, which it keeps alive
         expected = self.manifest.input.shape[1:]
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected):
@@ -364,9 +379,8 @@ class Runtime:
         bufs.buffers[0].upload(x)
         for run in runs:
             run()
-        return bufs.buffers[-1].download()
+        return bufs.download()
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-        """Logits for a dataset, in batches."""
-        outs = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs)
+    def predict(self, x: np.ndarray, *, batch_size: int = 128) -> Any:
+        """Outputs for a dataset, in batches (an array, or a tuple of arrays for a model with several outputs)."""
+        return concat_outputs([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -40,6 +40,7 @@ from legocompile._log import logger
 from legocompile.config import DEFAULT_CHANNEL_MULTIPLE
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
+from legocompile.outputs import as_outputs
 from legocompile.variants.groups import ChannelGroup, find_groups, record_shapes
 
 _LAYER_TYPES: dict[str, type[nn.Module]] = {
@@ -178,10 +179,9 @@ def prune_block(
 
     with eval_mode(module), torch.no_grad():
         out = module(example_input)
-    if not isinstance(out, torch.Tensor) or out.shape != ref_out.shape:
+    if _output_shapes(out) != _output_shapes(ref_out):
         raise RuntimeError(
-            f"internal error: pruning changed the block output from {tuple(ref_out.shape)} to "
-            f"{tuple(getattr(out, 'shape', ()))}"
+            f"internal error: pruning changed the block output from {_output_shapes(ref_out)} to {_output_shapes(out)}"
         )
     report = PruneReport(sparsity, tuple(reports), skipped, before, count_parameters(module), channel_multiple)
     return PrunedBlock(module, architecture, report)
@@ -233,9 +233,15 @@ def _analyse(module: nn.Module, x: torch.Tensor) -> tuple[fx.GraphModule, list[C
             f"block {type(module).__name__} failed on the example input of shape {tuple(x.shape)}: "
             f"{type(e).__name__}: {e}"
         ) from None
-    if not isinstance(out, torch.Tensor):
-        raise LegoCompileError(f"block {type(module).__name__} must return one tensor, got {type(out).__name__}")
+    if not all(isinstance(o, torch.Tensor) for o in as_outputs(out)):
+        raise LegoCompileError(f"block {type(module).__name__} must return a tensor or a tuple of tensors, got "
+                               f"{type(out).__name__}")
     return gm, find_groups(gm, shapes), out
+
+
+def _output_shapes(out) -> list:
+    """The shape of each output (a block returns one tensor, or a tuple of them as a model's last block)."""
+    return [tuple(getattr(o, "shape", ())) for o in as_outputs(out)]
 
 
 def _select(g: ChannelGroup, modules: dict[str, nn.Module], n_keep: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from torch import nn
 from legocompile._log import logger
 from legocompile.errors import LegoCompileError
 from legocompile.modes import eval_mode
+from legocompile.outputs import as_outputs
 from legocompile.variants.checkpoint import load_checkpoint, save_checkpoint
 from legocompile.progress import Progress, SilentProgress
 
@@ -193,25 +194,31 @@ class _Student:
     def step(self, acts: dict[int, torch.Tensor]) -> None:
         started = time.perf_counter()
         self.module.train()
-        out, target = self._forward(acts)
-        loss = nn.functional.mse_loss(out, target)
+        outs, targets = self._forward(acts)
+        # Several outputs (a model's last block returning a tuple): each output's MSE counts equally.
+        loss = sum(nn.functional.mse_loss(o, t) for o, t in zip(outs, targets)) / len(outs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.seconds += time.perf_counter() - started
 
-    def squared_error(self, acts: dict[int, torch.Tensor]) -> tuple[float, int]:
+    def squared_error(self, acts: dict[int, tuple[torch.Tensor, ...]]) -> list[tuple[float, int]]:
+        """Per output: (sum of squared errors, element count) on this batch."""
         started = time.perf_counter()
         self.module.eval()
+        errors = []
         with torch.no_grad():
-            out, target = self._forward(acts)
-            diff = out.double() - target.double()
+            outs, targets = self._forward(acts)
+            for o, t in zip(outs, targets):
+                diff = o.double() - t.double()
+                errors.append((float((diff * diff).sum()), diff.numel()))
         self.seconds += time.perf_counter() - started
-        return float((diff * diff).sum()), diff.numel()
+        return errors
 
-    def _forward(self, acts: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output, target); the input is cloned, as an in-place first op must not alter the shared features."""
-        x = acts[self.block].to(self.device).clone()
+    def _forward(self, acts: dict[int, tuple[torch.Tensor, ...]]) -> tuple[tuple[torch.Tensor, ...], tuple]:
+        """(outputs, targets), one entry per block output; the input is cloned, as an in-place first op must not
+        alter the shared features."""
+        x = acts[self.block][0].to(self.device).clone()
         try:
             out = self.module(x)
         except Exception as e:  # noqa: BLE001 - any failure on the teacher's features is the same user error
@@ -219,14 +226,16 @@ class _Student:
                 f"variant {self.key[1]!r} of block {self.block} fails on the teacher's input of shape "
                 f"{tuple(x.shape)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             ) from None
-        target = acts[self.block + 1].to(self.device)
-        if not isinstance(out, torch.Tensor) or out.shape != target.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        targets = tuple(t.to(self.device) for t in acts[self.block + 1])
+        outs = as_outputs(out)
+        shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs]
+        if shapes != [tuple(t.shape) for t in targets]:
+            want = [tuple(t.shape) for t in targets]
             raise LegoCompileError(
-                f"variant {self.key[1]!r} of block {self.block} outputs {got} but the teacher block outputs "
-                f"{tuple(target.shape)}"
+                f"variant {self.key[1]!r} of block {self.block} outputs {shapes[0] if len(shapes) == 1 else shapes} "
+                f"but the teacher block outputs {want[0] if len(want) == 1 else want}"
             )
-        return out, target
+        return outs, targets
 
     def update_best(self, epoch: int, patience: int) -> None:
         if self.last_mse < self.best_mse:
@@ -248,16 +257,17 @@ class _Student:
 def _evaluate(students, features: _Features, val_idx: np.ndarray, batch_size: int, *, epoch: int) -> None:
     """Set each student's ``last_mse`` (and at epoch 0 its initial and best MSE) over the validation split."""
     students = list(students)
-    sums = dict.fromkeys((s.key for s in students), 0.0)
-    counts = dict.fromkeys((s.key for s in students), 0)
+    sums: dict = {s.key: None for s in students}  # per student: [sse, count] per output
     for start in range(0, len(val_idx), batch_size):
         acts = features.get(val_idx[start : start + batch_size])
         for s in students:
-            sse, n = s.squared_error(acts)
-            sums[s.key] += sse
-            counts[s.key] += n
+            errors = s.squared_error(acts)
+            totals = sums[s.key] = sums[s.key] or [[0.0, 0] for _ in errors]
+            for t, (sse, n) in zip(totals, errors):
+                t[0] += sse
+                t[1] += n
     for s in students:
-        s.last_mse = sums[s.key] / counts[s.key]
+        s.last_mse = sum(sse / n for sse, n in sums[s.key]) / len(sums[s.key])  # the training loss's weighting
         if epoch == 0:
             s.initial_mse = s.best_mse = s.last_mse
 
@@ -266,7 +276,8 @@ def _evaluate(students, features: _Features, val_idx: np.ndarray, batch_size: in
 
 
 class _Features:
-    """The teacher's activations ``k -> (B, ...)`` in front of block ``k``, for the needed ``k``, per index batch.
+    """The teacher's activations ``k -> ((B, ...),)`` in front of block ``k``, for the needed ``k``, per index batch:
+    a tuple per ``k``, of one tensor, except after the last block of a model that returns several.
 
     The first batch (the head of the validation split, which the initial evaluation asks for first) fixes the
     per-sample feature size; if all ``N`` samples fit the budget the rest are computed in one pass and cached.
@@ -284,11 +295,11 @@ class _Features:
         self._pending: tuple[np.ndarray, dict[int, torch.Tensor]] | None = None
         head = val_idx[: settings.batch_size]
         first = self._run(head)
-        per_sample = sum(t[0].numel() * t.element_size() for k, t in first.items() if k > 0)
+        per_sample = sum(t[0].numel() * t.element_size() for k, ts in first.items() if k > 0 for t in ts)
         total_bytes = per_sample * len(x_all)
         if total_bytes <= settings.feature_cache_bytes:
-            self.cache = {k: torch.empty((len(x_all), *t.shape[1:]), dtype=t.dtype, device=t.device)
-                          for k, t in first.items() if k > 0}
+            self.cache = {k: tuple(torch.empty((len(x_all), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in ts)
+                          for k, ts in first.items() if k > 0}
             self._store(head, first)
             rest = np.setdiff1d(np.arange(len(x_all)), head)
             for start in range(0, len(rest), settings.batch_size):
@@ -300,37 +311,39 @@ class _Features:
             logger.info("teacher features (%.1f MiB) exceed the cache budget; recomputing per batch",
                         total_bytes / 2**20)
 
-    def get(self, idx: np.ndarray) -> dict[int, torch.Tensor]:
+    def get(self, idx: np.ndarray) -> dict[int, tuple[torch.Tensor, ...]]:
         if self.cache is not None:
             rows = torch.from_numpy(idx).to(self.device)
-            acts = {k: v.index_select(0, rows) for k, v in self.cache.items()}
+            acts = {k: tuple(v.index_select(0, rows) for v in vs) for k, vs in self.cache.items()}
             if 0 in self.needed:
-                acts[0] = self.x_all[torch.from_numpy(idx)].to(self.device)
+                acts[0] = (self.x_all[torch.from_numpy(idx)].to(self.device),)
             return acts
         if self._pending is not None and np.array_equal(self._pending[0], idx):
             acts, self._pending = self._pending[1], None
             return acts
         return self._run(idx)
 
-    def _store(self, idx: np.ndarray, acts: dict[int, torch.Tensor]) -> None:
+    def _store(self, idx: np.ndarray, acts: dict[int, tuple[torch.Tensor, ...]]) -> None:
         rows = torch.from_numpy(idx).to(self.device)
-        for k, store in self.cache.items():
-            store.index_copy_(0, rows, acts[k])
+        for k, stores in self.cache.items():
+            for store, t in zip(stores, acts[k]):
+                store.index_copy_(0, rows, t)
 
-    def _run(self, idx: np.ndarray) -> dict[int, torch.Tensor]:
+    def _run(self, idx: np.ndarray) -> dict[int, tuple[torch.Tensor, ...]]:
         """One teacher forward over the chain prefix that the students need, capturing the needed activations."""
         self.teacher_samples += len(idx)
         cur = self.x_all[torch.from_numpy(idx)].to(self.device)
-        acts: dict[int, torch.Tensor] = {}
+        acts: dict[int, tuple[torch.Tensor, ...]] = {}
         with torch.no_grad():
             for k in range(self.needed[-1]):
+                if not isinstance(cur, torch.Tensor):
+                    raise LegoCompileError(f"teacher block {k - 1} returned {type(cur).__name__}, but block {k} "
+                                           "needs one tensor (only the last block may return several)")
                 if k in self.needed:
-                    acts[k] = cur
+                    acts[k] = (cur,)
                     cur = cur.clone()  # the block may work in place on its input
                 cur = self.teacher[k](cur)
-                if not isinstance(cur, torch.Tensor):
-                    raise LegoCompileError(f"teacher block {k} returned {type(cur).__name__}, expected one tensor")
-        acts[self.needed[-1]] = cur
+        acts[self.needed[-1]] = as_outputs(cur)
         return acts
 
 

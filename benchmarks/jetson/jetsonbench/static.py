@@ -114,7 +114,7 @@ def engine_latencies(manifest, root: Path, *, warmup: int, runs: int, progress: 
                 continue
             try:
                 engine = be.load(root / o.engine)
-                src, dst = be.allocate(tuple(b.input.shape)), be.allocate(tuple(b.output.shape))
+                src, dst = be.allocate(tuple(b.input.shape)), _outputs(be, b, b.input.shape[0])
                 _fill(src, rng)
                 run = engine.bind(src, dst)
                 if o.backend == "tensorrt":
@@ -137,6 +137,12 @@ def engine_latencies(manifest, root: Path, *, warmup: int, runs: int, progress: 
     return out
 
 
+def _outputs(be, block, batch: int):
+    """A block's output buffer at ``batch``, or one per output for a last block that returns several."""
+    bufs = tuple(be.allocate((batch, *t.shape[1:])) for t in block.outputs)
+    return bufs[0] if len(bufs) == 1 else bufs
+
+
 def _line(text: str) -> str:
     for line in text.splitlines():
         if line.strip():
@@ -147,7 +153,7 @@ def _line(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- whole model (ORT)
 def compose_whole_onnx(manifest, root: Path) -> bytes:
     """The teacher as one ONNX model: every block's original fp32 export (``onnx/<block>/s0.onnx``) composed in
-    order with ``onnx.compose``, input ``x`` and output ``y`` like each block."""
+    order with ``onnx.compose``, input ``x`` and the last block's outputs (``y``, or ``y``, ``y1``, ...)."""
     import onnx
     from onnx import compose
 
@@ -161,13 +167,15 @@ def compose_whole_onnx(manifest, root: Path) -> bytes:
     for i, m in enumerate(models[1:], start=1):
         merged = compose.merge_models(merged, m, io_map=[(f"b{i - 1}_{OUTPUT_NAME}", f"b{i}_{INPUT_NAME}")])
     g = merged.graph
-    rename = {g.input[0].name: INPUT_NAME, g.output[0].name: OUTPUT_NAME}
+    rename = {g.input[0].name: INPUT_NAME}  # the last block's outputs (y, or y, y1, ... for a tuple) keep their names
+    rename |= {o.name: o.name.removeprefix(f"b{len(models) - 1}_") for o in g.output}
     for node in g.node:
         for seq in (node.input, node.output):
             for k, name in enumerate(seq):
                 if name in rename:
                     seq[k] = rename[name]
-    g.input[0].name, g.output[0].name = INPUT_NAME, OUTPUT_NAME
+    for vi in (*g.input, *g.output):
+        vi.name = rename.get(vi.name, vi.name)
     onnx.checker.check_model(merged)
     return merged.SerializeToString()
 
@@ -201,7 +209,7 @@ def chain_vs_whole(rt, manifest, root: Path, x: np.ndarray, *, warmup: int, runs
             be = get_backend(ORT)
             whole = be.load(compose_whole_onnx(manifest, root))
             src = be.allocate(tuple(x.shape))
-            dst = be.allocate((x.shape[0], *manifest.blocks[-1].output.shape[1:]))
+            dst = _outputs(be, manifest.blocks[-1], x.shape[0])
             np.copyto(src.numpy(), x)
             whole_run = whole.bind(src, dst)
             result["whole_model"] = {"status": "ok", "engine": "onnx.compose of onnx/<block>/s0.onnx, one ORT session",
@@ -240,7 +248,10 @@ def chain_vs_whole(rt, manifest, root: Path, x: np.ndarray, *, warmup: int, runs
         try:
             rt.select(selection=[("s0", "fp32")] * len(manifest.blocks))
             whole_run()
-            result["whole_model"]["check_max_abs_diff"] = float(np.max(np.abs(rt(x) - dst.numpy())))
+            from legocompile.outputs import as_outputs
+
+            result["whole_model"]["check_max_abs_diff"] = max(
+                float(np.max(np.abs(c - w.numpy()))) for c, w in zip(as_outputs(rt(x)), as_outputs(dst), strict=True))
         except Exception as e:
             result["whole_model"]["check_max_abs_diff"] = f"not checked: {type(e).__name__}: {_line(str(e))}"
     return result

@@ -11,14 +11,15 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from legocompile.backends.base import HostBuffer
+from legocompile.backends.base import HostBuffer, bound_outputs
 from legocompile.backends.onnxrt.session import configure_threads, create_session, session_options
 from legocompile.errors import LegoCompileError
-from legocompile.export import INPUT_NAME, OUTPUT_NAME
+from legocompile.export import INPUT_NAME
+from legocompile.outputs import from_outputs
 from legocompile.workspace import atomic_produce
 
 
@@ -36,26 +37,30 @@ class OrtEngine:
     def __init__(self, model: bytes | Path) -> None:
         self.path = None if isinstance(model, (bytes, bytearray, memoryview)) else Path(model)
         self.session = create_session(model)
+        self.outputs = [o.name for o in self.session.get_outputs()]  # y (, y1, ...): the export's order
 
-    def bind(self, src: OrtBuffer, dst: OrtBuffer) -> Callable[[], None]:
-        """A callable that runs this engine from ``src`` into ``dst`` through ORT's public IOBinding API.
+    def bind(self, src: OrtBuffer, dst: OrtBuffer | Sequence[OrtBuffer]) -> Callable[[], None]:
+        """A callable that runs this engine from ``src`` into ``dst`` through ORT's public IOBinding API (``dst``: a
+        sequence of buffers, one per output in order, for the last block of a model with several outputs).
 
-        The callable holds the session, the binding and both buffers (the binding does not own the buffers'
+        The callable holds the session, the binding and the buffers (the binding does not own the buffers'
         memory), but not this ``OrtEngine``: a cache of bindings kept on an engine creates no reference cycle.
         """
+        dsts = bound_outputs(dst, len(self.outputs))
         session = self.session
         binding = session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, src.value)
-        binding.bind_ortvalue_output(OUTPUT_NAME, dst.value)
+        for name, buffer in zip(self.outputs, dsts):
+            binding.bind_ortvalue_output(name, buffer.value)
 
-        def run(_run=session.run_with_iobinding, _binding=binding, _keep=(src, dst)) -> None:
+        def run(_run=session.run_with_iobinding, _binding=binding, _keep=(src, dsts)) -> None:
             _run(_binding, None)
 
         return run
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Convenience (allocating) run, for checks and accuracy profiling."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    def run(self, x: np.ndarray):
+        """Convenience (allocating) run, for checks and accuracy profiling: an array, or a tuple for several outputs."""
+        return from_outputs(self.session.run(self.outputs, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}))
 
 
 class OnnxRuntimeBackend:

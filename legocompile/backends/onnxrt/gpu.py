@@ -151,6 +151,8 @@ class GpuEngine(OrtEngine):
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise LegoCompileError(f"{backend.name}: could not create a session: {first}") from None
+        self.path = None if isinstance(model, (bytes, bytearray, memoryview)) else Path(model)
+        self.outputs = [o.name for o in self.session.get_outputs()]  # what OrtEngine.bind and run bind, in order
 
 
 class _OrtGpuBackend:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from legocompile.backends.base import HostBuffer
+from legocompile.backends.base import HostBuffer, bound_outputs
 from legocompile.errors import LegoCompileError
 from legocompile.export import INPUT_NAME
+from legocompile.outputs import from_outputs
 from legocompile.workspace import atomic_produce
 
 QDQ_OPSET = 21
@@ -46,22 +47,24 @@ class ReferenceEngine:
         except Exception as e:  # damaged file, or an operator the evaluator does not implement
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise LegoCompileError(f"reference backend cannot load this engine: {first}") from None
-        self.output_name = self.evaluator.output_names[0]
+        self.outputs = list(self.evaluator.output_names)  # y (, y1, ...): the export's order
 
-    def bind(self, src: HostBuffer, dst: HostBuffer) -> Callable[[], None]:
-        """A callable that runs this engine from ``src`` into ``dst`` (the evaluator allocates its result)."""
-        run_model, out, feeds = self.evaluator.run, dst.array, {INPUT_NAME: src.array}
-        outputs = [self.output_name]
+    def bind(self, src: HostBuffer, dst: HostBuffer | Sequence[HostBuffer]) -> Callable[[], None]:
+        """A callable that runs this engine from ``src`` into ``dst`` (one buffer per output for a last block with
+        several; the evaluator allocates its results, which are copied in)."""
+        run_model, feeds, outputs = self.evaluator.run, {INPUT_NAME: src.array}, self.outputs
+        outs = [d.array for d in bound_outputs(dst, len(outputs))]
 
         def run(_keep=(src, dst)) -> None:
-            np.copyto(out, run_model(outputs, feeds)[0], casting="same_kind")
+            for out, y in zip(outs, run_model(outputs, feeds)):
+                np.copyto(out, y, casting="same_kind")
 
         return run
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Convenience (allocating) run, for checks and accuracy profiling."""
-        y = self.evaluator.run([self.output_name], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(y, dtype=np.float32)
+    def run(self, x: np.ndarray):
+        """Convenience (allocating) run, for checks and accuracy profiling (a tuple for several outputs)."""
+        ys = self.evaluator.run(self.outputs, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+        return from_outputs(tuple(np.asarray(y, dtype=np.float32) for y in ys))
 
 
 class ReferenceBackend:

@@ -35,7 +35,10 @@ import numpy as np
 from legocompile.backends.tensorrt import version as v
 from legocompile.backends.tensorrt.cuda_memory import DeviceApi, Stream, load_device_api, plan_buffers
 from legocompile.backends.tensorrt.engine_file import DeviceFacts, compatibility_error, unpack
+from legocompile.backends.base import bound_outputs
 from legocompile.errors import LegoCompileError
+from legocompile.export.onnx_export import output_names
+from legocompile.outputs import from_outputs
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -235,32 +238,40 @@ class TrtEngine:
             if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise LegoCompileError(f"{self.source}: I/O tensor {name!r} is not float32; chain boundaries are float32")
             (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(name)
-        if len(inputs) != 1 or len(outputs) != 1:
+        expected = output_names(len(outputs))  # y (, y1, ...): the export's names and order
+        if len(inputs) != 1 or sorted(outputs) != sorted(expected):
             raise LegoCompileError(
-                f"{self.source}: a block engine has one input and one output, this one has {inputs} and {outputs}"
+                f"{self.source}: a block engine has one input and outputs {expected[:1]} (or y, y1, ... for a model's "
+                f"last block), this one has {inputs} and {outputs}"
             )
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_name, self.output_names = inputs[0], expected
+        self.output_name = expected[0]
         if v.device_memory_size_attribute(resources.version) == "device_memory_size_v2":
             self.scratch_bytes = int(engine.device_memory_size_v2)
         else:
             self.scratch_bytes = int(engine.device_memory_size)
 
-    def bind(self, src: DeviceTensor, dst: DeviceTensor) -> Callable[[], None]:
-        """A callable running this engine from ``src`` into ``dst`` on the shared stream; binds once, allocates nothing."""
+    def bind(self, src: DeviceTensor, dst: DeviceTensor | Sequence[DeviceTensor]) -> Callable[[], None]:
+        """A callable running this engine from ``src`` into ``dst`` (one buffer per output for a last block with
+        several) on the shared stream; binds once, allocates nothing."""
+        dsts = bound_outputs(dst, len(self.output_names))
         context = self.resources.create_context(self.engine, self.scratch_bytes)
         if not context.set_input_shape(self.input_name, tuple(src.shape)):
             raise LegoCompileError(f"{self.source}: input shape {tuple(src.shape)} is outside the engine's profile")
-        dims = context.get_tensor_shape(self.output_name)
-        out_shape = tuple(dims[i] for i in range(len(dims)))
-        if out_shape != tuple(dst.shape):
-            raise LegoCompileError(f"{self.source}: output shape {out_shape} does not match the boundary {tuple(dst.shape)}")
-        if not (context.set_tensor_address(self.input_name, src.ptr)
-                and context.set_tensor_address(self.output_name, dst.ptr)):
+        if not context.set_tensor_address(self.input_name, src.ptr):
             raise LegoCompileError(f"{self.source}: TensorRT refused a boundary buffer address")
+        for name, out in zip(self.output_names, dsts):
+            dims = context.get_tensor_shape(name)
+            out_shape = tuple(dims[i] for i in range(len(dims)))
+            if out_shape != tuple(out.shape):
+                raise LegoCompileError(f"{self.source}: output {name!r} shape {out_shape} does not match the buffer "
+                                       f"{tuple(out.shape)}")
+            if not context.set_tensor_address(name, out.ptr):
+                raise LegoCompileError(f"{self.source}: TensorRT refused a boundary buffer address")
         execute = context.execute_async_v3
         handle = self.resources.stream.handle
         source = self.source
-        keep_alive = (context, src, dst)
+        keep_alive = (context, src, dsts)
 
         def run(_execute: Callable[[int], bool] = execute, _handle: int = handle, _keep: object = keep_alive) -> None:
             if not _execute(_handle):
@@ -268,21 +279,24 @@ class TrtEngine:
 
         return run
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Convenience (allocating, synchronous) run from a host array to a new one: the accuracy gate and profiles.
+    def run(self, x: np.ndarray) -> Any:
+        """Convenience (allocating, synchronous) run from a host array to a new one (a tuple of them for several
+        outputs): the accuracy gate and profiles.
 
-        The output's batch size is the input's; its other dimensions are the engine's (fixed by the block)."""
+        The outputs' batch size is the input's; their other dimensions are the engine's (fixed by the block)."""
         from legocompile.backends.tensorrt.cuda_memory import DeviceBuffer
 
         x = np.ascontiguousarray(x, dtype=np.float32)
-        dims = self.engine.get_tensor_shape(self.output_name)
-        out_shape = (x.shape[0], *(int(dims[i]) for i in range(1, len(dims))))
         api, stream = self.resources.api, self.resources.stream
         src = DeviceBuffer(api, tuple(x.shape), "float32", stream=stream)
-        dst = DeviceBuffer(api, out_shape, "float32", stream=stream)
+        dsts = []
+        for name in self.output_names:
+            dims = self.engine.get_tensor_shape(name)
+            dsts.append(DeviceBuffer(api, (x.shape[0], *(int(dims[i]) for i in range(1, len(dims)))), "float32",
+                                     stream=stream))
         src.upload(x)
-        self.bind(src, dst)()
-        return dst.download()  # same stream: waits for the run
+        self.bind(src, dsts)()
+        return from_outputs(tuple(d.download() for d in dsts))  # same stream: each waits for the run
 
 
 # ------------------------------------------------------------------------------------------------------- chains

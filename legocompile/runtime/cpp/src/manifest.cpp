@@ -180,14 +180,20 @@ OptionEntry option_entry(const json& doc, const std::string& w) {
 }
 
 BlockEntry block_entry(const json& doc, const std::string& w) {
-  static const Field name{"name", true}, input{"input", true}, output{"output", true}, options{"options", true};
-  object(doc, w, {name, input, output, options});
+  static const Field name{"name", true}, input{"input", true}, output{"output", true}, options{"options", true},
+      extra{"extra_outputs", false};
+  object(doc, w, {name, input, output, options, extra});
   BlockEntry b;
   b.name = str(*get(doc, name, w), w + ".name");
   b.input = tensor_spec(*get(doc, input, w), w + ".input");
   b.output = tensor_spec(*get(doc, output, w), w + ".output");
   const json& opts = list(*get(doc, options, w), w + ".options");
   for (std::size_t k = 0; k < opts.size(); ++k) b.options.push_back(option_entry(opts[k], at(w + ".options", k)));
+  if (const json* v = get(doc, extra, w)) {
+    const json& specs = list(*v, w + ".extra_outputs");
+    for (std::size_t k = 0; k < specs.size(); ++k)
+      b.extra_outputs.push_back(tensor_spec(specs[k], at(w + ".extra_outputs", k)));
+  }
   return b;
 }
 
@@ -585,6 +591,10 @@ Manifest read_bundle(const std::string& path, bool verify) {
   }
   // check_consistency: the first problem.
   {
+    for (std::size_t k = 0; k + 1 < m.blocks.size(); ++k)
+      if (!m.blocks[k].extra_outputs.empty())
+        throw user_error(manifest_path + ": malformed manifest: " + m.blocks[k].name +
+                         ": only the last block may have several outputs (block boundaries are single tensors)");
     std::map<std::string, std::string> files(m.files.begin(), m.files.end());
     for (const auto& [rel, digest] : m.files)
       if (!is_sha256(digest)) {

@@ -41,6 +41,7 @@ struct BlockEntry {
   TensorSpec input;
   TensorSpec output;
   std::vector<OptionEntry> options;
+  std::vector<TensorSpec> extra_outputs;  // a last block's outputs after the first (a model returning a tuple)
   // Index of options[variant/precision]; throws Python's "block 'b' has no option v/p; it has ..." error.
   std::size_t option_index(const std::string& variant, const std::string& precision) const;
 };

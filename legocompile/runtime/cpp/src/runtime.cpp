@@ -74,6 +74,9 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options)
     : id_(g_next_id.fetch_add(1)), root_(py_path_str(path)), manifest_(read_bundle(path, options.verify)) {
   if (!(options.keep_warm_mb >= 0))
     throw user_error("keep_warm_mb must be at least 0, got " + py_float_repr(options.keep_warm_mb));
+  if (!manifest_.blocks.empty() && !manifest_.blocks.back().extra_outputs.empty())
+    throw user_error("this bundle's model returns " + std::to_string(manifest_.blocks.back().extra_outputs.size() + 1) +
+                     " outputs; the C++ runtime serves models with one output (load it with the Python Runtime)");
   selector_ = std::make_unique<Selector>(manifest_);
   BackendOptions bo;
   bo.threads = options.threads > 0 ? options.threads
