@@ -118,7 +118,7 @@ def retarget(
     engines = _engines(ws, be, exported, ranges, keep, recipe, progress, report)
     engines = {k: v for k, v in engines.items() if _source_option(src, k) is not None}
 
-    from legocompile.profile.accuracy import bundle_metric, metric_of, resolve_metric
+    from legocompile.profile.accuracy import Metric, bundle_metric, metric_of
 
     if data is not None:
         metric = bundle_metric(metric_of(src.teacher))  # built-in metrics only: a bundle names no code to import
@@ -126,7 +126,9 @@ def retarget(
         eval_in = _block_inputs(be, chain, engines, eval_x, progress)
         gates = _gate(ws, be, exported, engines, eval_in, tolerance, progress, report)
     else:
-        metric = resolve_metric("top1")  # what it measures on the synthetic input is discarded
+        # What the profiler measures on the synthetic input is discarded (the drops are kept from the source), so
+        # no metric is evaluated: any model's outputs, one or several, and the bundle's own metric stays unimported.
+        metric = Metric("unmeasured", lambda outputs, labels: 0.0, "unmeasured")
         rng = np.random.default_rng(SYNTHETIC_SEED)
         eval_x = rng.standard_normal((prof.batch_size, *src.input.shape[1:])).astype(np.float32)
         eval_y = np.zeros(prof.batch_size, np.int64)

@@ -313,3 +313,19 @@ def test_the_device_suite_composes_and_checks_the_whole_model(det_bundle, detect
     assert len(got) == NUM_OUTPUTS
     for g, w in zip(got, want):
         assert np.max(np.abs(g - w)) <= 1e-5 * max(1.0, np.max(np.abs(w)))
+
+
+def test_retarget_keeps_every_output_and_the_measured_drops(det_bundle, detector, tmp_path):
+    """Retargeting re-profiles the engines without evaluating the project's metric (a bundle names no code to
+    import): the drops are the source's, the outputs are all there."""
+    from legocompile.retarget import retarget
+
+    out = retarget(det_bundle, tmp_path / "device", work_dir=tmp_path / "work")
+    src, dst = read_bundle(det_bundle), read_bundle(out)
+    assert [t.shape for t in dst.outputs] == [t.shape for t in src.outputs]
+    for a, b in zip(src.blocks, dst.blocks):
+        assert [o.accuracy_drop for o in a.options] == [o.accuracy_drop for o in b.options]
+        assert all(o.latency_ms > 0 for o in b.options)
+    x = detector["eval"][0][:3]
+    for g, w in zip(Runtime.load(out)(x), Runtime.load(det_bundle)(x)):
+        assert np.array_equal(g, w)
