@@ -283,17 +283,39 @@ def test_reference_backend_runs_the_last_block_like_onnx_runtime(det_bundle, det
         assert np.max(np.abs(g - w)) <= 1e-5 * max(1.0, np.max(np.abs(w)))
 
 
-def test_the_cpp_runtime_refuses_several_outputs_in_one_line(det_bundle):
+def test_the_cpp_runtime_returns_every_output_like_python(det_bundle, detector):
+    """lc_run_outputs fills one buffer per output, equal to the Python Runtime's for the same selections; lc_run,
+    which has room for one output, refuses such a bundle in one line."""
+    import ctypes
+
     from legocompile.runtime import cpp_runtime
 
     missing = cpp_runtime.missing_toolchain()
     if missing is not None:
         pytest.skip(f"C++ runtime not buildable here: {missing}")
     cpp_runtime.build()
-    with pytest.raises(LegoCompileError) as e:
-        Runtime.load(det_bundle, impl="cpp")
-    assert "\n" not in str(e.value)
-    assert "returns 3 outputs; the C++ runtime serves models with one output" in str(e.value)
+    x = detector["eval"][0][:9]
+    py, cpp = Runtime.load(det_bundle), Runtime.load(det_bundle, impl="cpp")
+    n = len(py.manifest.blocks)
+    for selection in ([("s0", "fp32")] * n, [("s0", "int8")] * n, [("s0.5", "int8")] * (n - 1) + [("s0.5", "fp32")]):
+        py.select(selection=selection)
+        cpp.select(selection=selection)
+        got, want = cpp(x), py(x)
+        assert isinstance(got, tuple) and len(got) == NUM_OUTPUTS
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert [a.shape for a in cpp.predict(detector["eval"][0], batch_size=100)] == \
+           [a.shape for a in py.predict(detector["eval"][0])]
+    lib = cpp_runtime.library()
+    out = np.empty((len(x), 10), np.float32)
+    status = lib.lc_run(cpp._handle(), np.ascontiguousarray(x).ctypes.data, len(x), out.ctypes.data)
+    assert status != 0
+    assert lib.lc_last_error().decode() == ("this bundle's model returns 3 outputs; run it with lc_run_outputs "
+                                            "(Runtime::run_outputs), one buffer per output")
+    count = ctypes.c_size_t()
+    assert lib.lc_num_outputs(cpp._handle(), ctypes.byref(count)) == 0 and count.value == NUM_OUTPUTS
+    cpp.close()
 
 
 def test_the_device_suite_composes_and_checks_the_whole_model(det_bundle, detector):
@@ -329,3 +351,39 @@ def test_retarget_keeps_every_output_and_the_measured_drops(det_bundle, detector
     x = detector["eval"][0][:3]
     for g, w in zip(Runtime.load(out)(x), Runtime.load(det_bundle)(x)):
         assert np.array_equal(g, w)
+
+
+def test_the_example_cpp_app_prints_every_output(det_bundle, detector, tmp_path):
+    """examples/lc_run.cpp, built against the installed package, runs a three-output bundle through
+    Runtime::run_outputs and prints one checksum per output, equal to the Python Runtime's outputs."""
+    import shutil
+
+    from legocompile.runtime import cpp_runtime
+
+    missing = cpp_runtime.missing_toolchain()
+    if missing is not None:
+        pytest.skip(f"C++ runtime not buildable here: {missing}")
+    import re
+    import subprocess
+
+    def run(cmd):
+        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    cmake, build = shutil.which("cmake"), cpp_runtime.build()
+    run([cmake, "--install", build, "--prefix", tmp_path / "prefix"])
+    run([cmake, "-S", cpp_runtime.CPP_DIR / "examples", "-B", tmp_path / "ex", f"-DCMAKE_PREFIX_PATH={tmp_path / 'prefix'}",
+         "-DCMAKE_BUILD_TYPE=Release"])
+    run([cmake, "--build", tmp_path / "ex", "--parallel", "2"])
+    x = np.array(detector["eval"][0][:4])
+    np.save(tmp_path / "x.npy", x)
+    out = run([tmp_path / "ex" / "lc_run", det_bundle, "--input", tmp_path / "x.npy", "-n", 5])
+    found = re.findall(r"^output(?: (\d))?: elements=(\d+) sum=\S+ fnv1a64=([0-9a-f]{16})$", out, re.M)
+    want = Runtime.load(det_bundle)(x)
+    assert [int(k or 0) for k, _, _ in found] == list(range(NUM_OUTPUTS)), out
+    for (_, elements, fnv), y in zip(found, want):
+        h = 1469598103934665603
+        for byte in np.ascontiguousarray(y, np.float32).tobytes():
+            h = ((h ^ byte) * 1099511628211) % 2**64
+        assert int(elements) == y.size and fnv == f"{h:016x}"

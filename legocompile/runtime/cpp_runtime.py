@@ -35,6 +35,7 @@ from legocompile.bundle import Manifest
 from legocompile.errors import LegoCompileError, MissingDependencyError
 from legocompile.optimize.problem import Budget, InfeasibleBudgetError
 from legocompile.optimize.select import Selection, check_latency_quantile, make_selection, selection_pairs
+from legocompile.outputs import concat_outputs, from_outputs
 
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 CACHE_ENV = "LEGOCOMPILE_CPP_CACHE"
@@ -249,6 +250,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "lc_open": ([c.c_char_p, c.POINTER(_OpenOptions), c.POINTER(P)], c.c_int),
         "lc_close": ([P], None),
         "lc_num_blocks": ([P, c.POINTER(S)], c.c_int),
+        "lc_num_outputs": ([P, c.POINTER(S)], c.c_int),
         "lc_output_shape": ([P, c.POINTER(I64), S, c.POINTER(S)], c.c_int),
         "lc_manifest_json": ([P, c.POINTER(c.c_void_p), c.POINTER(S)], c.c_int),
         "lc_plan": ([P, c.POINTER(_Budget), c.POINTER(c.c_int32), c.POINTER(_Totals)], c.c_int),
@@ -258,6 +260,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "lc_selection": ([P, c.POINTER(c.c_int32), c.POINTER(_Totals)], c.c_int),
         "lc_min_totals": ([P, c.POINTER(c.c_double), c.POINTER(I64)], c.c_int),
         "lc_run": ([P, P, I64, P], c.c_int),
+        "lc_run_outputs": ([P, P, I64, c.POINTER(P), S], c.c_int),
         "lc_engine_loads": ([P, c.POINTER(I64)], c.c_int),
         "lc_measure": ([P, P, I64, P, c.c_int, c.c_int, c.POINTER(c.c_double), c.POINTER(c.c_double),
                         c.POINTER(c.c_double)], c.c_int),
@@ -314,7 +317,7 @@ class CppRuntime:
         self._check(lib.lc_manifest_json(handle, ctypes.byref(data), ctypes.byref(size)))
         self.manifest = Manifest.from_json(json.loads(ctypes.string_at(data, size.value).decode("utf-8")))
         self._n = len(self.manifest.blocks)
-        self._out_shape = tuple(self.manifest.blocks[-1].output.shape[1:])
+        self._out_shapes = [tuple(t.shape[1:]) for t in self.manifest.outputs]  # several: a model returning a tuple
         self.last_predicted: dict | None = None
 
     @classmethod
@@ -455,8 +458,9 @@ class CppRuntime:
         return self._selection(choice, totals)
 
     # ----------------------------------------------------------------------------------------------- running
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the current selection on a float32 batch shaped like the bundle's input (any batch size)."""
+    def __call__(self, x: np.ndarray):
+        """Run the current selection on a float32 batch shaped like the bundle's input (any batch size): an array,
+        or a tuple of arrays for a model that returns several."""
         x = np.asarray(x)
         expected = self.manifest.input.shape[1:]
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected):
@@ -465,20 +469,23 @@ class CppRuntime:
             buf = np.empty(x.shape, np.float32)
             np.copyto(buf, x, casting="same_kind")
             x = buf
-        out = np.empty((x.shape[0], *self._out_shape), np.float32)
-        self._check(self._lib.lc_run(self._handle(), x.ctypes.data, x.shape[0], out.ctypes.data))
-        return out
+        outs = [np.empty((x.shape[0], *s), np.float32) for s in self._out_shapes]
+        if len(outs) == 1:
+            self._check(self._lib.lc_run(self._handle(), x.ctypes.data, x.shape[0], outs[0].ctypes.data))
+        else:
+            ptrs = (ctypes.c_void_p * len(outs))(*(o.ctypes.data for o in outs))
+            self._check(self._lib.lc_run_outputs(self._handle(), x.ctypes.data, x.shape[0], ptrs, len(outs)))
+        return from_outputs(outs)
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-        """Logits for a dataset, in batches."""
-        outs = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs)
+    def predict(self, x: np.ndarray, *, batch_size: int = 128):
+        """Outputs for a dataset, in batches (a tuple of arrays for a model with several outputs)."""
+        return concat_outputs([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def measure(self, x: np.ndarray, *, rounds: int = 7, iters: int = 200) -> dict:
         """The chain's time per call, each engine's time inside the chain, and the runtime's own overhead per call
         (call time minus its engines' times), in ns, medians measured inside the library (no ctypes in the loop)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty((x.shape[0], *self._out_shape), np.float32)
+        out = np.empty((x.shape[0], *self._out_shapes[0]), np.float32)  # further outputs go to C++ scratch
         chain, blocks, overhead = ctypes.c_double(), (ctypes.c_double * self._n)(), ctypes.c_double()
         self._check(self._lib.lc_measure(self._handle(), x.ctypes.data, x.shape[0], out.ctypes.data, rounds, iters,
                                          ctypes.byref(chain), blocks, ctypes.byref(overhead)))

@@ -1,5 +1,5 @@
 // lc_run: open a bundle, select under a budget, run N inferences on an .npy input, switch the budget mid-run,
-// and print the selections, latency percentiles, the switch time and the output's checksum.
+// and print the selections, latency percentiles, the switch time and each output's checksum.
 //
 //   lc_run BUNDLE --input x.npy [--latency-ms L] [--memory-mb M] [-n 200]
 //          [--switch-latency-ms L2] [--switch-memory-mb M2] [--threads T]
@@ -151,7 +151,11 @@ int main(int argc, char** argv) {
     const Npy x = read_npy(input);
     if (x.shape.empty()) throw std::runtime_error(input + ": a batch axis is needed");
     const std::size_t batch = static_cast<std::size_t>(x.shape[0]);
-    std::vector<float> y(rt.output_size(batch));
+    // One buffer per output: a model whose forward returns several tensors (detection, pose heads) has several.
+    std::vector<std::vector<float>> ys;
+    std::vector<legocompile::span<float>> outs;
+    for (std::size_t k = 0; k < rt.num_outputs(); ++k) ys.emplace_back(rt.output_size(k, batch));
+    for (auto& y : ys) outs.emplace_back(y.data(), y.size());
     print_selection("selection", has_budget ? rt.select(budget) : rt.selection());
 
     using clock = std::chrono::steady_clock;
@@ -166,16 +170,19 @@ int main(int argc, char** argv) {
         print_selection("selection", s);
       }
       const auto t0 = clock::now();
-      rt.run(x.data, batch, y);
+      rt.run_outputs(x.data, batch, outs);
       us.push_back(std::chrono::duration<double, std::micro>(clock::now() - t0).count());
     }
-    double sum = 0;
-    for (float v : y) sum += v;
     std::printf("calls: %d batch: %zu\n", n, batch);
     std::printf("latency_us: p50=%.1f p90=%.1f p99=%.1f\n", percentile(us, 0.5), percentile(us, 0.9),
                 percentile(us, 0.99));
-    std::printf("output: elements=%zu sum=%.9g fnv1a64=%016" PRIx64 "\n", y.size(), sum,
-                fnv1a64(y.data(), y.size() * sizeof(float)));
+    for (std::size_t k = 0; k < ys.size(); ++k) {
+      double sum = 0;
+      for (float v : ys[k]) sum += v;
+      const std::string label = k == 0 ? "output" : "output " + std::to_string(k);
+      std::printf("%s: elements=%zu sum=%.9g fnv1a64=%016" PRIx64 "\n", label.c_str(), ys[k].size(), sum,
+                  fnv1a64(ys[k].data(), ys[k].size() * sizeof(float)));
+    }
   } catch (const legocompile::InfeasibleBudget& e) {
     std::fprintf(stderr, "lc_run: infeasible: %s\n", e.what());
     return 1;

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "error.hpp"
+
 namespace lc {
 
 class Buffer {
@@ -33,6 +35,14 @@ class Engine {
   // The binding of this engine to (in, out) for buffer set `set_id`, created on first use; thread-safe. The
   // reference stays valid until unbind(set_id) or the engine's destruction.
   virtual Bound& bind(std::uint64_t set_id, Buffer& in, Buffer& out) = 0;
+  // The same for an engine with several outputs (the last block of a model whose forward returns a tuple): one
+  // buffer per output, in the ONNX's output order. A backend that serves one output keeps this default.
+  virtual Bound& bind_outputs(std::uint64_t set_id, Buffer& in, const std::vector<Buffer*>& outs) {
+    if (outs.size() != 1)
+      throw Error(Code::engine, "this backend's engines have one output, but " + std::to_string(outs.size()) +
+                                    " output buffers were bound");
+    return bind(set_id, in, *outs.front());
+  }
   virtual void unbind(std::uint64_t set_id) noexcept = 0;
 };
 

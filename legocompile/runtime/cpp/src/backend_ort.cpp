@@ -84,12 +84,13 @@ class OrtHostBuffer final : public Buffer {
 
 class OrtBound final : public Bound {
  public:
-  OrtBound(OrtSession* session, const char* input, const char* output, OrtHostBuffer& in, OrtHostBuffer& out)
+  OrtBound(OrtSession* session, const char* input, const std::vector<std::string>& outputs, OrtHostBuffer& in,
+           const std::vector<OrtHostBuffer*>& outs)
       : session_(session) {
     check(api()->CreateIoBinding(session, &binding_));
     try {
       check(api()->BindInput(binding_, input, in.value()));
-      check(api()->BindOutput(binding_, output, out.value()));
+      for (std::size_t k = 0; k < outputs.size(); ++k) check(api()->BindOutput(binding_, outputs[k].c_str(), outs[k]->value()));
     } catch (...) {
       api()->ReleaseIoBinding(binding_);
       throw;
@@ -125,14 +126,16 @@ class OrtEngine final : public Engine {
       check(api()->SessionGetInputCount(session_, &count));
       if (count != 1) throw Error(Code::engine, "onnxruntime: an engine must have exactly one input");
       check(api()->SessionGetOutputCount(session_, &count));
-      if (count != 1) throw Error(Code::engine, "onnxruntime: an engine must have exactly one output");
+      if (count < 1) throw Error(Code::engine, "onnxruntime: an engine must have an output");
       char* name = nullptr;
       check(api()->SessionGetInputName(session_, 0, alloc, &name));
       input_ = name;
       check(api()->AllocatorFree(alloc, name));
-      check(api()->SessionGetOutputName(session_, 0, alloc, &name));
-      output_ = name;
-      check(api()->AllocatorFree(alloc, name));
+      for (std::size_t k = 0; k < count; ++k) {  // y (, y1, ...): the export's order
+        check(api()->SessionGetOutputName(session_, k, alloc, &name));
+        outputs_.emplace_back(name);
+        check(api()->AllocatorFree(alloc, name));
+      }
     } catch (...) {
       api()->ReleaseSession(session_);
       throw;
@@ -143,12 +146,18 @@ class OrtEngine final : public Engine {
     api()->ReleaseSession(session_);
   }
 
-  Bound& bind(std::uint64_t set_id, Buffer& in, Buffer& out) override {
+  Bound& bind(std::uint64_t set_id, Buffer& in, Buffer& out) override { return bind_outputs(set_id, in, {&out}); }
+
+  Bound& bind_outputs(std::uint64_t set_id, Buffer& in, const std::vector<Buffer*>& outs) override {
+    if (outs.size() != outputs_.size())
+      throw Error(Code::engine, "onnxruntime: the engine has " + std::to_string(outputs_.size()) + " outputs but " +
+                                    std::to_string(outs.size()) + " buffers were bound");
     std::lock_guard<std::mutex> lock(mu_);
     auto it = bound_.find(set_id);
     if (it == bound_.end()) {
-      auto b = std::make_unique<OrtBound>(session_, input_.c_str(), output_.c_str(), static_cast<OrtHostBuffer&>(in),
-                                          static_cast<OrtHostBuffer&>(out));
+      std::vector<OrtHostBuffer*> hosts;
+      for (Buffer* b : outs) hosts.push_back(static_cast<OrtHostBuffer*>(b));
+      auto b = std::make_unique<OrtBound>(session_, input_.c_str(), outputs_, static_cast<OrtHostBuffer&>(in), hosts);
       it = bound_.emplace(set_id, std::move(b)).first;
     }
     return *it->second;
@@ -166,7 +175,8 @@ class OrtEngine final : public Engine {
 
  private:
   OrtSession* session_ = nullptr;
-  std::string input_, output_;
+  std::string input_;
+  std::vector<std::string> outputs_;
   std::mutex mu_;
   std::unordered_map<std::uint64_t, std::unique_ptr<OrtBound>> bound_;
 };

@@ -68,12 +68,16 @@ void report(const lc::Runtime& rt, const std::vector<int>& choice, int32_t* out,
   }
 }
 
-lc_status shape(const lc_runtime* rt, bool input, int64_t* dims, size_t capacity, size_t* ndim) {
+// The input's shape, or output `output`'s (0: the first; the last block's further outputs follow).
+lc_status shape(const lc_runtime* rt, bool input, std::size_t output, int64_t* dims, size_t capacity, size_t* ndim) {
   return guarded([&] {
     need(rt, "runtime");
     need(ndim, "ndim");
     const auto& m = rt->impl.manifest();
-    const auto& s = input ? m.input.shape : m.blocks.back().output.shape;
+    const auto& last = m.blocks.back();
+    if (!input && output > last.extra_outputs.size())
+      throw invalid("output index " + std::to_string(output) + " out of range");
+    const auto& s = input ? m.input.shape : output == 0 ? last.output.shape : last.extra_outputs[output - 1].shape;
     *ndim = s.size();
     if (dims == nullptr) return;
     if (capacity < s.size()) throw invalid("dims has room for " + std::to_string(capacity) + " dimensions, need " +
@@ -161,11 +165,23 @@ lc_status lc_option(const lc_runtime* rt, size_t block, size_t option, lc_option
 }
 
 lc_status lc_input_shape(const lc_runtime* rt, int64_t* dims, size_t capacity, size_t* ndim) {
-  return shape(rt, true, dims, capacity, ndim);
+  return shape(rt, true, 0, dims, capacity, ndim);
 }
 
 lc_status lc_output_shape(const lc_runtime* rt, int64_t* dims, size_t capacity, size_t* ndim) {
-  return shape(rt, false, dims, capacity, ndim);
+  return shape(rt, false, 0, dims, capacity, ndim);
+}
+
+lc_status lc_num_outputs(const lc_runtime* rt, size_t* out) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(out, "out");
+    *out = rt->impl.num_outputs();
+  });
+}
+
+lc_status lc_output_shape_at(const lc_runtime* rt, size_t output, int64_t* dims, size_t capacity, size_t* ndim) {
+  return shape(rt, false, output, dims, capacity, ndim);
 }
 
 lc_status lc_manifest_json(const lc_runtime* rt, const char** data, size_t* size) {
@@ -234,6 +250,19 @@ lc_status lc_run(lc_runtime* rt, const float* input, int64_t batch, float* outpu
       need(output, "output");
     }
     rt->impl.run(input, batch, output);
+  });
+}
+
+lc_status lc_run_outputs(lc_runtime* rt, const float* input, int64_t batch, float* const* outputs, size_t count) {
+  return guarded([&] {
+    need(rt, "runtime");
+    if (batch < 0) throw invalid("batch must be at least 0, got " + std::to_string(batch));
+    if (batch > 0) {
+      need(input, "input");
+      need(outputs, "outputs");
+      for (std::size_t k = 0; k < count; ++k) need(outputs[k], "outputs[k]");
+    }
+    rt->impl.run_outputs(input, batch, outputs, count);
   });
 }
 

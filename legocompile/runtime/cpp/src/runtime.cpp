@@ -13,12 +13,13 @@
 
 namespace lc {
 
-// One thread's boundary buffers for one batch size: blocks + 1 buffers, and the bound engines of the plan they
-// were last bound to.
+// One thread's boundary buffers for one batch size: blocks + 1 buffers (and the last block's further outputs, for
+// a model that returns several tensors), and the bound engines of the plan they were last bound to.
 struct BufferSet {
   std::uint64_t id = 0;
   std::int64_t batch = 0;
   std::vector<std::unique_ptr<Buffer>> buffers;
+  std::vector<std::unique_ptr<Buffer>> extra;
   std::uint64_t generation = 0;  // the plan `runs` belongs to (0: none)
   std::vector<Bound*> runs;
   std::vector<std::weak_ptr<Engine>> bound_engines;  // engines holding a binding to these buffers
@@ -74,9 +75,6 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options)
     : id_(g_next_id.fetch_add(1)), root_(py_path_str(path)), manifest_(read_bundle(path, options.verify)) {
   if (!(options.keep_warm_mb >= 0))
     throw user_error("keep_warm_mb must be at least 0, got " + py_float_repr(options.keep_warm_mb));
-  if (!manifest_.blocks.empty() && !manifest_.blocks.back().extra_outputs.empty())
-    throw user_error("this bundle's model returns " + std::to_string(manifest_.blocks.back().extra_outputs.size() + 1) +
-                     " outputs; the C++ runtime serves models with one output (load it with the Python Runtime)");
   selector_ = std::make_unique<Selector>(manifest_);
   BackendOptions bo;
   bo.threads = options.threads > 0 ? options.threads
@@ -85,12 +83,14 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options)
   keep_warm_bytes_ = static_cast<std::int64_t>(std::nearbyint(options.keep_warm_mb * 1e6));
   boundary_shapes_.push_back(manifest_.blocks.front().input.shape);
   for (const auto& b : manifest_.blocks) boundary_shapes_.push_back(b.output.shape);
-  for (auto& s : boundary_shapes_) {
-    if (s.empty()) throw user_error("block boundary tensors need a batch axis (shape [N, ...])");
-    s.erase(s.begin());
-    for (auto d : s)
-      if (d <= 0) throw user_error("block boundary shapes must be positive after the batch axis");
-  }
+  for (const auto& t : manifest_.blocks.back().extra_outputs) extra_shapes_.push_back(t.shape);
+  for (auto* shapes : {&boundary_shapes_, &extra_shapes_})
+    for (auto& s : *shapes) {
+      if (s.empty()) throw user_error("block boundary tensors need a batch axis (shape [N, ...])");
+      s.erase(s.begin());
+      for (auto d : s)
+        if (d <= 0) throw user_error("block boundary shapes must be positive after the batch axis");
+    }
   input_elements_ = 1;
   for (auto d : manifest_.input.shape.size() > 1 ? std::vector<std::int64_t>(manifest_.input.shape.begin() + 1,
                                                                              manifest_.input.shape.end())
@@ -100,8 +100,13 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options)
   for (auto d : boundary_shapes_.front()) first *= static_cast<std::size_t>(d);
   if (first != input_elements_)
     throw user_error("the manifest's input shape does not match the first block's input shape");
-  output_elements_ = 1;
-  for (auto d : boundary_shapes_.back()) output_elements_ *= static_cast<std::size_t>(d);
+  const auto elements = [](const std::vector<std::int64_t>& shape) {
+    std::size_t n = 1;
+    for (auto d : shape) n *= static_cast<std::size_t>(d);
+    return n;
+  };
+  output_elements_.push_back(elements(boundary_shapes_.back()));
+  for (const auto& s : extra_shapes_) output_elements_.push_back(elements(s));
 }
 
 Runtime::~Runtime() {
@@ -262,6 +267,11 @@ BufferSet& Runtime::buffer_set(std::int64_t batch) {
     shape.insert(shape.end(), s.begin(), s.end());
     set->buffers.push_back(backend_->allocate(shape));
   }
+  for (const auto& s : extra_shapes_) {
+    std::vector<std::int64_t> shape{batch};
+    shape.insert(shape.end(), s.begin(), s.end());
+    set->extra.push_back(backend_->allocate(shape));
+  }
   tb.sets.push_back(std::move(set));
   return *tb.sets.back();
 }
@@ -274,7 +284,13 @@ void Runtime::bind(BufferSet& set, const Plan& plan) {
                           set.bound_engines.end());
   for (std::size_t i = 0; i < plan.engines.size(); ++i) {
     const std::shared_ptr<Engine>& e = plan.engines[i];
-    set.runs.push_back(&e->bind(set.id, *set.buffers[i], *set.buffers[i + 1]));
+    if (i + 1 == plan.engines.size() && !set.extra.empty()) {  // a last block with several outputs
+      std::vector<Buffer*> outs{set.buffers[i + 1].get()};
+      for (auto& b : set.extra) outs.push_back(b.get());
+      set.runs.push_back(&e->bind_outputs(set.id, *set.buffers[i], outs));
+    } else {
+      set.runs.push_back(&e->bind(set.id, *set.buffers[i], *set.buffers[i + 1]));
+    }
     const bool known = std::any_of(set.bound_engines.begin(), set.bound_engines.end(),
                                    [&](const std::weak_ptr<Engine>& w) { return w.lock() == e; });
     if (!known) set.bound_engines.push_back(e);
@@ -282,10 +298,24 @@ void Runtime::bind(BufferSet& set, const Plan& plan) {
   set.generation = plan.generation;
 }
 
-void Runtime::run(const float* input, std::int64_t batch, float* output) { run_impl(input, batch, output, nullptr); }
+void Runtime::run(const float* input, std::int64_t batch, float* output) {
+  if (num_outputs() != 1)
+    throw user_error("this bundle's model returns " + std::to_string(num_outputs()) +
+                     " outputs; run it with lc_run_outputs (Runtime::run_outputs), one buffer per output");
+  run_impl(input, batch, &output, nullptr);
+}
 
-// engine_ns (diagnostics): when set, receives each engine's time inside this call, then the whole call's time.
-void Runtime::run_impl(const float* input, std::int64_t batch, float* output, std::int64_t* engine_ns) {
+void Runtime::run_outputs(const float* input, std::int64_t batch, float* const* outputs, std::size_t count) {
+  if (count != num_outputs())
+    throw user_error("this bundle's model returns " + std::to_string(num_outputs()) + " output" +
+                     (num_outputs() == 1 ? "" : "s") + ", but " + std::to_string(count) + " output buffer" +
+                     (count == 1 ? " was" : "s were") + " given");
+  run_impl(input, batch, outputs, nullptr);
+}
+
+// outputs: one pointer per output of the last block. engine_ns (diagnostics): when set, receives each engine's time
+// inside this call, then the whole call's time.
+void Runtime::run_impl(const float* input, std::int64_t batch, float* const* outputs, std::int64_t* engine_ns) {
   using clock = std::chrono::steady_clock;
   const auto start = engine_ns ? clock::now() : clock::time_point{};
   const std::shared_ptr<const Plan> plan = current_plan();  // read once: this call runs on this plan
@@ -304,21 +334,30 @@ void Runtime::run_impl(const float* input, std::int64_t batch, float* output, st
     }
   }
   backend_->synchronize();
-  backend_->copy_out(output, *set.buffers.back(), n * output_elements_);
+  backend_->copy_out(outputs[0], *set.buffers.back(), n * output_elements_[0]);
+  for (std::size_t k = 0; k < set.extra.size(); ++k)
+    backend_->copy_out(outputs[k + 1], *set.extra[k], n * output_elements_[k + 1]);
   if (engine_ns)
     engine_ns[set.runs.size()] = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
 }
 
 Measurement Runtime::measure(const float* input, std::int64_t batch, float* output, int rounds, int iters) {
-  run(input, batch, output);  // loads the plan and binds this thread's buffers
+  // The first output goes to `output`; a model's further outputs to scratch (copied as a call copies them).
+  std::vector<std::vector<float>> scratch;
+  std::vector<float*> outs{output};
+  for (std::size_t k = 1; k < num_outputs(); ++k) {
+    scratch.emplace_back(static_cast<std::size_t>(batch) * output_elements_[k]);
+    outs.push_back(scratch.back().data());
+  }
+  run_impl(input, batch, outs.data(), nullptr);  // loads the plan and binds this thread's buffers
   const std::size_t blocks = manifest_.blocks.size();
   std::vector<double> totals, overhead;
   std::vector<std::vector<double>> per_block(blocks);
   std::vector<std::int64_t> ns(blocks + 1);
   for (int r = 0; r < rounds; ++r) {
-    for (int k = 0; k < iters; ++k) run(input, batch, output);  // untimed: the same steady state for each round
+    for (int k = 0; k < iters; ++k) run_impl(input, batch, outs.data(), nullptr);  // untimed: the same steady state
     for (int k = 0; k < iters; ++k) {
-      run_impl(input, batch, output, ns.data());
+      run_impl(input, batch, outs.data(), ns.data());
       std::int64_t engines = 0;
       for (std::size_t i = 0; i < blocks; ++i) {
         per_block[i].push_back(static_cast<double>(ns[i]));

@@ -63,9 +63,13 @@ class Runtime {
   std::vector<int> selection() const;
 
   // Runs the current plan on `batch` samples (float32, C order, the bundle's input shape after the batch axis).
+  // A bundle whose model returns several tensors is refused here: run_outputs writes each of them.
   void run(const float* input, std::int64_t batch, float* output);
-  std::size_t input_elements() const { return input_elements_; }    // per sample
-  std::size_t output_elements() const { return output_elements_; }  // per sample
+  // outputs[k] receives output k (the model's order); count must be num_outputs().
+  void run_outputs(const float* input, std::int64_t batch, float* const* outputs, std::size_t count);
+  std::size_t input_elements() const { return input_elements_; }  // per sample
+  std::size_t output_elements(std::size_t k = 0) const { return output_elements_.at(k); }  // per sample
+  std::size_t num_outputs() const { return output_elements_.size(); }
 
   Measurement measure(const float* input, std::int64_t batch, float* output, int rounds, int iters);
 
@@ -80,7 +84,7 @@ class Runtime {
   ThreadBuffers& thread_buffers();
   BufferSet& buffer_set(std::int64_t batch);
   void bind(BufferSet& set, const Plan& plan);
-  void run_impl(const float* input, std::int64_t batch, float* output, std::int64_t* engine_ns);
+  void run_impl(const float* input, std::int64_t batch, float* const* outputs, std::int64_t* engine_ns);
 
   const std::uint64_t id_;
   std::string root_;
@@ -88,8 +92,10 @@ class Runtime {
   std::unique_ptr<Selector> selector_;
   std::unique_ptr<Backend> backend_;
   std::int64_t keep_warm_bytes_ = 0;
-  std::size_t input_elements_ = 1, output_elements_ = 1;
+  std::size_t input_elements_ = 1;
+  std::vector<std::size_t> output_elements_;                // per output of the last block, per sample
   std::vector<std::vector<std::int64_t>> boundary_shapes_;  // per boundary, after the batch axis
+  std::vector<std::vector<std::int64_t>> extra_shapes_;     // the last block's outputs after the first, likewise
 
   mutable std::mutex select_mu_;  // select / switch / engine map / warm set
   std::shared_ptr<const Plan> plan_;  // read and replaced with std::atomic_load / std::atomic_store

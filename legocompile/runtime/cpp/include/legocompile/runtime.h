@@ -84,6 +84,10 @@ LC_API lc_status lc_num_options(const lc_runtime* rt, size_t block, size_t* out)
 LC_API lc_status lc_option(const lc_runtime* rt, size_t block, size_t option, lc_option_info* out);
 LC_API lc_status lc_input_shape(const lc_runtime* rt, int64_t* dims, size_t capacity, size_t* ndim);
 LC_API lc_status lc_output_shape(const lc_runtime* rt, int64_t* dims, size_t capacity, size_t* ndim);
+/* A model whose forward returns several tensors: how many (1 otherwise), and output k's shape (k = 0 is the
+ * output lc_output_shape describes). */
+LC_API lc_status lc_num_outputs(const lc_runtime* rt, size_t* out);
+LC_API lc_status lc_output_shape_at(const lc_runtime* rt, size_t output, int64_t* dims, size_t capacity, size_t* ndim);
 LC_API lc_status lc_manifest_json(const lc_runtime* rt, const char** data, size_t* size);
 
 /* The best selection under a budget, without switching (choice: one option index per block; may be NULL). */
@@ -101,6 +105,10 @@ LC_API lc_status lc_min_totals(const lc_runtime* rt, double* latency_ms, int64_t
 /* Runs the current selection: input is batch x (input shape after the batch axis) float32 values, C order;
  * output receives batch x (output shape after the batch axis) values. */
 LC_API lc_status lc_run(lc_runtime* rt, const float* input, int64_t batch, float* output);
+/* The same for any number of outputs: outputs[k] receives batch x (output k's shape after the batch axis) values;
+ * count must be lc_num_outputs. lc_run refuses a bundle with several outputs. */
+LC_API lc_status lc_run_outputs(lc_runtime* rt, const float* input, int64_t batch, float* const* outputs,
+                                size_t count);
 
 /* Engines loaded from the bundle so far (a switch back to a warm engine loads nothing). */
 LC_API lc_status lc_engine_loads(const lc_runtime* rt, int64_t* out);

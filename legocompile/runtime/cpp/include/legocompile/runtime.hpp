@@ -167,11 +167,41 @@ class Runtime {
   std::size_t input_size(std::size_t batch) const { return batch * per_sample(input_shape()); }
   std::size_t output_size(std::size_t batch) const { return batch * per_sample(output_shape()); }
 
+  // A model whose forward returns several tensors (detection, pose heads): how many, and each one's shape/size.
+  std::size_t num_outputs() const {
+    std::size_t n = 0;
+    detail::check(lc_num_outputs(rt_, &n));
+    return n;
+  }
+  std::vector<int64_t> output_shape(std::size_t output) const {
+    std::size_t n = 0;
+    detail::check(lc_output_shape_at(rt_, output, nullptr, 0, &n));
+    std::vector<int64_t> dims(n);
+    detail::check(lc_output_shape_at(rt_, output, dims.data(), n, &n));
+    return dims;
+  }
+  std::size_t output_size(std::size_t output, std::size_t batch) const {
+    return batch * per_sample(output_shape(output));
+  }
+
   // Runs the current selection on `batch` samples; sizes are checked against the bundle's shapes.
   void run(span<const float> input, std::size_t batch, span<float> output) {
     if (input.size() != input_size(batch) || output.size() != output_size(batch))
       throw Error(LC_INVALID_ARGUMENT, "input/output sizes do not match the batch and the bundle's shapes");
     detail::check(lc_run(rt_, input.data(), static_cast<int64_t>(batch), output.data()));
+  }
+
+  // The same for any number of outputs: outputs[k] receives output k (one span per output, in the model's order).
+  void run_outputs(span<const float> input, std::size_t batch, const std::vector<span<float>>& outputs) {
+    if (input.size() != input_size(batch) || outputs.size() != num_outputs())
+      throw Error(LC_INVALID_ARGUMENT, "input size or output count does not match the batch and the bundle");
+    std::vector<float*> ptrs;
+    for (std::size_t k = 0; k < outputs.size(); ++k) {
+      if (outputs[k].size() != output_size(k, batch))
+        throw Error(LC_INVALID_ARGUMENT, "output sizes do not match the batch and the bundle's shapes");
+      ptrs.push_back(outputs[k].data());
+    }
+    detail::check(lc_run_outputs(rt_, input.data(), static_cast<int64_t>(batch), ptrs.data(), ptrs.size()));
   }
 
   lc_runtime* handle() const noexcept { return rt_; }
