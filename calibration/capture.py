@@ -53,7 +53,8 @@ def block_inputs(blocks: Sequence[torch.nn.Module], data: np.ndarray, *, batch_s
         raise LegoCompileError("cannot capture block inputs: the block chain is empty")
     if batch_size < 1:
         raise LegoCompileError(f"calibration batch_size must be >= 1, got {batch_size}")
-    data_f32 = np.ascontiguousarray(data, dtype=np.float32)
+    # writable as well: torch warns once per process on wrapping a read-only array (load_splits() hands those out)
+    data_f32 = np.require(data, np.float32, ["C", "W"])
     if data_f32.ndim < 1 or data_f32.shape[0] == 0:
         raise LegoCompileError(
             f"calibration data must be a non-empty batch of shape (N, ...), got shape {tuple(data_f32.shape)}"
