@@ -342,6 +342,8 @@ def cmd_pareto(args) -> None:
                 f"{r['latency_ms'][0]:.3f}–{r['latency_ms'][1]:.3f} ms ({r['latency_ratio']:.2f}×), memory "
                 f"{r['memory_bytes'][0] / 1e6:.2f}–{r['memory_bytes'][1] / 1e6:.2f} MB ({r['memory_ratio']:.2f}×), "
                 f"{_metric_label(manifest)} {r['accuracy'][0] * 100:.2f}–{r['accuracy'][1] * 100:.2f}%")
+        if d.get("flat_accuracy"):
+            c.print(f"note: {d['flat_accuracy']}")
         c.print(f"wrote {d['json']} and {d['png']}")
 
     _emit(args, doc, render)

@@ -210,3 +210,26 @@ def test_pareto_writes_json_and_png_outside_the_bundle(variant_bundle, capsys, t
                 assert not (a["latency_ms"] <= b["latency_ms"] and a["memory_bytes"] <= b["memory_bytes"]
                             and a["accuracy"] >= b["accuracy"] and a != b
                             and (a["latency_ms"], a["memory_bytes"], a["accuracy"]) != (b["latency_ms"], b["memory_bytes"], b["accuracy"]))
+
+
+def test_pareto_says_why_a_frontier_with_no_accuracy_drop_trades_only_latency_and_memory(variant_bundle):
+    import dataclasses
+
+    from legocompile.bundle import read_bundle
+    from legocompile.optimize.pareto import flat_accuracy_note
+
+    m = read_bundle(variant_bundle["path"], verify=False)
+
+    def with_drops(drop):
+        blocks = [dataclasses.replace(b, options=tuple(dataclasses.replace(o, accuracy_drop=drop(i, j))
+                                                       for j, o in enumerate(b.options)))
+                  for i, b in enumerate(m.blocks)]
+        return dataclasses.replace(m, blocks=tuple(blocks))
+
+    flat = flat_accuracy_note(with_drops(lambda i, j: 0.0))
+    assert flat is not None and "every accuracy drop is 0" in flat and "latency against memory only" in flat
+    assert f"{m.teacher['num_eval']} evaluation samples" in flat
+    # one option of one block that costs accuracy is enough for the frontier to trade it: no note
+    assert flat_accuracy_note(with_drops(lambda i, j: 0.01 if (i, j) == (1, 1) else 0.0)) is None
+    drops = [o.accuracy_drop for b in m.blocks for o in b.options if o.excluded is None]
+    assert (flat_accuracy_note(m) is None) == any(d != 0 for d in drops)
