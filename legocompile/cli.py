@@ -110,7 +110,8 @@ def _build(args, until: str = "bundle") -> None:
     )
     elapsed = time.perf_counter() - t0
     doc = {"stage": until, "work_dir": str(cfg.build.work_dir), "built": report.built, "cached": report.cached,
-           "unprunable": report.unprunable, "excluded": report.excluded, "seconds": round(elapsed, 2)}
+           "unprunable": report.unprunable, "same_widths": report.same_widths, "excluded": report.excluded,
+           "seconds": round(elapsed, 2)}
     if until == "bundle":
         from legocompile.bundle import read_bundle
         from legocompile.inspect import summary
@@ -128,6 +129,11 @@ def _build(args, until: str = "bundle") -> None:
                 c.print(f"  {note}")
             if len(d["unprunable"]) > 6:
                 c.print(f"  ... {len(d['unprunable']) - 6} more in --json")
+        if d["same_widths"]:
+            c.print(f"pruning reached the same widths at {len(d['same_widths'])} sparsities (channel multiple "
+                    f"{d['same_widths'][0]['channel_multiple']}); each is built once, under the less sparse name:")
+            for n in d["same_widths"]:
+                c.print(f"  block {n['block']}: {n['variant']} = {n['same_as']}")
         if d["excluded"]:
             c.print(f"the accuracy gate left {len(d['excluded'])} engines out of the selectable options:")
             for note in d["excluded"]:

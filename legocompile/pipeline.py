@@ -43,6 +43,7 @@ class BuildReport:
     cached: dict[str, int] = field(default_factory=dict)
     unprunable: list[str] = field(default_factory=list)  # layers pruning left whole, with the reason
     excluded: list[str] = field(default_factory=list)  # engines the accuracy gate left out, with the reason
+    same_widths: list[dict] = field(default_factory=list)  # derived variants left out: they repeat a less sparse one
 
     def count(self, stage: str, was_cached: bool) -> None:
         target = self.cached if was_cached else self.built
@@ -224,7 +225,7 @@ def compile(  # noqa: A001 - the public name the API promises
         "tolerance": vars(tolerance).copy(),
         "partition": {"blocks": blocks if isinstance(blocks, str) else list(blocks), "max_blocks": max_blocks,
                       "max_abs_err": partition_err},
-        "pruning": pruning_summary(chain, variants, channel_multiple),
+        "pruning": pruning_summary(chain, variants, channel_multiple, report.same_widths),
     }
     settings["calibration"]["files"], calibration_files = _calibration_files(ws, chain, range_files, ranges)
     _write(out, be, model_name or type(model).__name__, example, chain, variants, precisions, exported, engines,

@@ -233,3 +233,50 @@ def test_pareto_says_why_a_frontier_with_no_accuracy_drop_trades_only_latency_an
     assert flat_accuracy_note(with_drops(lambda i, j: 0.01 if (i, j) == (1, 1) else 0.0)) is None
     drops = [o.accuracy_drop for b in m.blocks for o in b.options if o.excluded is None]
     assert (flat_accuracy_note(m) is None) == any(d != 0 for d in drops)
+
+
+class _RoundsAlike(torch.nn.Module):
+    """Block ``a``: a 16-channel group, which a multiple of 8 rounds to 8 channels at 0.4 and at 0.8 alike.
+    Block ``b``: a 1x1 conv whose channels are the model's output, so nothing in it can be pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                     torch.nn.Conv2d(16, 8, 3, padding=1), torch.nn.ReLU())
+        self.b = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(8, 10, 1), torch.nn.Flatten())
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_sparsities_that_round_to_the_same_widths_are_built_once(data, tmp_path):
+    torch.manual_seed(0)
+    model = _RoundsAlike().eval()
+    calib, eval_data, train = data
+    report = BuildReport(bundle=tmp_path / "bundle")
+    path = legocompile.compile(
+        model, np.zeros((1, 1, 32, 32), np.float32), calibration_data=calib, eval_data=eval_data, train_data=train,
+        out=tmp_path / "bundle", work_dir=tmp_path / "work", blocks=["a", "b"], precisions=("fp32",),
+        profile=PROFILE, sparsities=(0.0, 0.4, 0.8), retrain=RetrainSettings(epochs=1, batch_size=64),
+        additivity_samples=0, report=report,
+    )
+    assert [(d["block"], d["variant"], d["same_as"]) for d in report.same_widths] == [
+        ("a", "s0.8", "s0.4"), ("b", "s0.4", "s0"), ("b", "s0.8", "s0")]
+    assert report.built["derive"] == 4 and report.built["retrain"] == 1  # only a's 0.4 student is trained
+    m = read_bundle(path)
+    assert [sorted(o.variant for o in b.options) for b in m.blocks] == [["s0", "s0.4"], ["s0"]]
+    assert [b.name for b in m.blocks] == ["a", "b"]
+    assert m.blocks[0].option("s0.4", "fp32").params < m.blocks[0].option("s0", "fp32").params
+    pruning = m.settings["pruning"]["blocks"]
+    assert pruning["a"]["s0.8"] == {"sparsity": 0.8, "same_as": "s0.4"}
+    assert pruning["a"]["s0.4"]["channels"] == [[16, 8]]
+    assert pruning["b"] == {"s0.4": {"sparsity": 0.4, "same_as": "s0"}, "s0.8": {"sparsity": 0.8, "same_as": "s0"}}
+    # a rebuild finds everything in the cache and reports the same
+    again = BuildReport(bundle=path)
+    legocompile.compile(
+        model, np.zeros((1, 1, 32, 32), np.float32), calibration_data=calib, eval_data=eval_data, train_data=train,
+        out=path, work_dir=tmp_path / "work", blocks=["a", "b"], precisions=("fp32",), profile=PROFILE,
+        sparsities=(0.0, 0.4, 0.8), retrain=RetrainSettings(epochs=1, batch_size=64), additivity_samples=0,
+        report=again,
+    )
+    assert again.built == {} and again.same_widths == report.same_widths

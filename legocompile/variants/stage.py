@@ -119,6 +119,9 @@ def build_variants(
                     students[(i, variant_name(s))] = result.module
             advance()
     _report_unprunable(ws, chain, derived_keys, report)
+    same = _same_widths(ws, chain, derived_keys, multiple, report)
+    for key in same:
+        students.pop((key[0], variant_name(key[1])), None)
     if until == "derive":
         return variants
 
@@ -139,6 +142,8 @@ def build_variants(
             report.count("retrain", False)
         remove_checkpoint(checkpoint)
     for (i, s) in derived_keys:
+        if (i, s) in same:
+            continue  # the variant it repeats stands for it
         if (i, variant_name(s)) not in students:
             report.count("retrain", True)
         module, meta = load_variant(ws.path("variants", final_keys[(i, s)], ""), chain[i].module)
@@ -160,14 +165,20 @@ def build_variants(
     return variants
 
 
-def pruning_summary(chain, variants: list[list[Variant]], channel_multiple: int | None) -> dict:
+def pruning_summary(chain, variants: list[list[Variant]], channel_multiple: int | None,
+                    same_widths: Sequence[dict] = ()) -> dict:
     """What pruning reached, for the bundle's settings: the channel multiple, and per block and derived variant the
-    requested channel sparsity, the fraction of parameters actually removed and each group's width before/after."""
+    requested channel sparsity, the fraction of parameters actually removed and each group's width before/after.
+    A sparsity whose widths repeat a less sparse variant's (``same_widths``, see :func:`_same_widths`) is listed
+    with ``same_as``, the variant that stands for it."""
     from legocompile.config import DEFAULT_CHANNEL_MULTIPLE
 
     blocks = {}
     for block, options in zip(chain, variants):
-        pruned = {}
+        pruned: dict[str, dict] = {}
+        for d in same_widths:
+            if d["block"] == block.name:
+                pruned[d["variant"]] = {"sparsity": d["sparsity"], "same_as": d["same_as"]}
         for v in options:
             if v.pruning:
                 p = v.pruning
@@ -177,9 +188,40 @@ def pruning_summary(chain, variants: list[list[Variant]], channel_multiple: int 
                     "channels": [[g["channels_before"], g["channels_after"]] for g in p.get("groups", [])],
                 }
         if pruned:
-            blocks[block.name] = pruned
+            blocks[block.name] = dict(sorted(pruned.items(), key=lambda kv: kv[1]["sparsity"]))
     return {"channel_multiple": DEFAULT_CHANNEL_MULTIPLE if channel_multiple is None else channel_multiple,
             "blocks": blocks}
+
+
+def _same_widths(ws: Workspace, chain, derived_keys: dict, multiple: int, report) -> dict[tuple[int, float], str]:
+    """Derived variants that repeat a less sparse one of the same block, and the name of the one they repeat.
+
+    Rounding to the channel multiple can give two sparsities the same widths (a 16-channel group keeps 8 at 0.4 and
+    at 0.8 with a multiple of 8), and a block whose every layer is tied to its boundary prunes to the original.
+    Pruning keeps the channels of largest L1 norm, so equal widths are the same pruned block: it would be retrained,
+    exported, built and profiled twice, and every view of the bundle would list the same option twice. Each such
+    variant is left out, and the build report and ``settings.pruning`` say which one stands for it."""
+    import json
+
+    from legocompile.variants.store import variant_paths
+
+    seen: dict[int, dict[str, str]] = {}  # block -> architecture -> variant name
+    same: dict[tuple[int, float], str] = {}
+    for (i, s), dk in sorted(derived_keys.items()):
+        stem = ws.path("derived", dk, "")
+        doc = json.loads(variant_paths(stem)[1].read_text())
+        prune = doc.get("meta", {}).get("prune", {})
+        if prune.get("params_after") == prune.get("params_before"):
+            first = "s0"  # nothing pruned: the original itself
+        else:
+            first = seen.setdefault(i, {}).setdefault(json.dumps(doc["architecture"], sort_keys=True),
+                                                      variant_name(s))
+        if first != variant_name(s):
+            same[(i, s)] = first
+            report.same_widths.append({"block": chain[i].name, "variant": variant_name(s), "sparsity": s,
+                                       "same_as": first, "channel_multiple": multiple})
+            logger.info("block %s: %s keeps the same channels as %s; left out", chain[i].name, variant_name(s), first)
+    return same
 
 
 def _report_unprunable(ws: Workspace, chain, derived_keys: dict, report) -> None:
