@@ -44,7 +44,7 @@ ACCURACY = Stage("accuracy", inputs=("engine", "teacher_chain", "block_inputs", 
 TIMING = Stage("timing", inputs=("engine", "context", "chain_input", "device", "settings"), tools=("onnxruntime",),
                format=4)  # 4: memory as the median increment over 8 instances; threads default to own pools
 TEACHER = Stage("teacher_timing", inputs=("teacher_chain", "chain_input", "device", "settings"),
-                tools=("onnxruntime",), format=4)
+                tools=("onnxruntime",), format=5)  # 5: the chain overhead from rounds interleaved with the engines
 
 
 def profile_engines(
