@@ -133,7 +133,8 @@ def compile(  # noqa: A001 - the public name the API promises
         metric: the task metric accuracy is measured in: ``"top1"`` (default), ``"miou"``,
             ``"package.module:function"`` or a function ``(outputs, labels) -> [0, 1]``; the bundle records its name.
         tolerance: the accuracy gate; engines beyond it stay in the bundle but are not selectable.
-        sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original).
+        sparsities: derive a pruned, retrained variant of every block per sparsity (0 is the original); one whose
+            widths repeat a less sparse variant's is left out (``report.same_widths``, ``settings.pruning``).
         channel_multiple: pruned groups keep a multiple of this many channels (default 8, [variants]'s default).
         retrain: :class:`legocompile.variants.retrain.RetrainSettings` for the descendants.
         train_data: model inputs the descendants are retrained on (default: ``calibration_data``).

@@ -26,6 +26,7 @@ from test_bundle_damage import DAMAGES
 from legocompile.bundle import BlockEntry, Manifest, OptionEntry, TensorSpec, read_bundle, write_bundle
 from legocompile.errors import LegoCompileError
 from legocompile.optimize.problem import InfeasibleBudgetError
+from legocompile.optimize.select import boundary_bytes
 from legocompile.runtime import Runtime
 from legocompile.runtime import cpp_runtime
 from legocompile.runtime.cpp_runtime import CppRuntime
@@ -130,8 +131,9 @@ def _budgets(manifest: Manifest, rng: np.random.Generator, count: int):
     sel = [[o for o in b.options if o.excluded is None] for b in manifest.blocks]
     lo_l = sum(min(o.latency_ms for o in s) for s in sel) + overhead
     hi_l = sum(max(o.latency_ms for o in s) for s in sel) + overhead
-    lo_m = sum(min(o.memory_bytes for o in s) for s in sel) / 1e6
-    hi_m = sum(max(o.memory_bytes for o in s) for s in sel) / 1e6
+    buffers = boundary_bytes(manifest)
+    lo_m = (sum(min(o.memory_bytes for o in s) for s in sel) + buffers) / 1e6
+    hi_m = (sum(max(o.memory_bytes for o in s) for s in sel) + buffers) / 1e6
     for k in range(count):
         lat = float(rng.uniform(0.85 * lo_l, 1.05 * hi_l))
         mem = float(rng.uniform(0.85 * lo_m, 1.05 * hi_m))
@@ -139,13 +141,13 @@ def _budgets(manifest: Manifest, rng: np.random.Generator, count: int):
 
 
 def _selection_budgets(manifest: Manifest, rng: np.random.Generator, count: int):
-    """Tight budgets: the exact totals of random selections (no chain overhead), mostly both at once (where the
-    optimizers' drop-level staircases decide), some a hair below them."""
+    """Tight budgets: the exact totals of random selections (no chain overhead; memory with the boundary buffers),
+    mostly both at once (where the optimizers' drop-level staircases decide), some a hair below them."""
     sel = [[o for o in b.options if o.excluded is None] for b in manifest.blocks]
     for k in range(count):
         chosen = [s[int(rng.integers(len(s)))] for s in sel]
         lat = math.fsum(o.latency_ms for o in chosen)
-        mem = sum(o.memory_bytes for o in chosen)
+        mem = sum(o.memory_bytes for o in chosen) + boundary_bytes(manifest)
         if k % 5 == 3:
             lat = math.nextafter(lat, 0.0)
         if k % 5 == 4:

@@ -170,7 +170,8 @@ def shipped_traces() -> list[Path]:
 @dataclass(frozen=True)
 class Ranges:
     """The bundle's range per dimension: ``lo`` (the cheapest any selection achieves) and ``hi`` (the teacher's
-    fp32 chain); latency in ms (chain overhead included, as ``Selection.latency_ms``), memory in bytes."""
+    fp32 chain); latency in ms (chain overhead included, as ``Selection.latency_ms``), memory in bytes (boundary
+    buffers included, as ``Selection.memory_bytes``)."""
 
     latency_lo_ms: float
     latency_hi_ms: float
@@ -185,7 +186,8 @@ class Ranges:
 def bundle_ranges(manifest, latency_quantile: str = "median") -> Ranges:
     """:class:`Ranges` from a manifest's profiles (selectable options only, as the optimizer sees them, with the
     latency the runtime's budgets count: each option's median or p90)."""
-    from legocompile.optimize.select import chain_overhead_ms, make_selection, option_latency, selectable
+    from legocompile.optimize.select import (boundary_bytes, chain_overhead_ms, make_selection, option_latency,
+                                             selectable)
 
     overhead = chain_overhead_ms(manifest)
     options = [selectable(b) for b in manifest.blocks]
@@ -193,7 +195,7 @@ def bundle_ranges(manifest, latency_quantile: str = "median") -> Ranges:
     if empty:
         raise TraceError(f"bundle: block {empty[0]!r} has no selectable option")
     lat_lo = math.fsum(min(option_latency(o, latency_quantile) for o in opts) for opts in options) + overhead
-    mem_lo = sum(min(o.memory_bytes for o in opts) for opts in options)
+    mem_lo = sum(min(o.memory_bytes for o in opts) for opts in options) + boundary_bytes(manifest)
     teacher = make_selection(manifest, [b.option("s0", "fp32") for b in manifest.blocks], latency_quantile)
     return Ranges(lat_lo, max(teacher.latency_ms, lat_lo), float(mem_lo), float(max(teacher.memory_bytes, mem_lo)))
 

@@ -38,6 +38,22 @@ CostTable costs_of(const Manifest& m, double t, std::vector<std::vector<int>>& s
   return table;
 }
 
+// boundary_bytes(manifest): block 0's input, every block's output and the last block's further outputs, as float32.
+std::int64_t boundary_bytes_of(const Manifest& m) {
+  std::vector<const TensorSpec*> specs;
+  if (!m.blocks.empty()) specs.push_back(&m.blocks.front().input);
+  for (const auto& b : m.blocks) specs.push_back(&b.output);
+  if (!m.blocks.empty())
+    for (const auto& t : m.blocks.back().extra_outputs) specs.push_back(&t);
+  std::int64_t total = 0;
+  for (const TensorSpec* t : specs) {
+    std::int64_t n = 1;
+    for (const std::int64_t d : t->shape) n *= d;
+    total += n;
+  }
+  return total * 4;  // BOUNDARY_ITEMSIZE: every backend allocates boundary buffers as float32
+}
+
 }  // namespace
 
 double retention(double drop, double teacher_accuracy) {
@@ -51,6 +67,7 @@ Selector::Selector(const Manifest& manifest)
       teacher_accuracy_(teacher_accuracy(manifest)),
       prepared_(costs_of(manifest, teacher_accuracy_, selectable_)) {
   for (const auto& b : manifest.blocks) original_.push_back(static_cast<int>(b.option_index("s0", "fp32")));
+  boundary_bytes_ = boundary_bytes_of(manifest);
 }
 
 double Selector::overhead_ms() const {
@@ -81,13 +98,19 @@ std::vector<int> Selector::select(const BudgetRequest& budget) const {
     const double rest = *budget.latency_ms - overhead;
     blocks_budget = 1e-12 > rest ? 1e-12 : rest;  // max(rest, 1e-12)
   }
+  std::optional<std::int64_t> engines_budget;
+  if (memory_bytes) {
+    const std::int64_t rest = *memory_bytes - boundary_bytes_;
+    engines_budget = rest > 1 ? rest : 1;  // max(memory_bytes - buffers, 1)
+  }
   Solution solution;
   try {
-    solution = prepared_.solve(blocks_budget, memory_bytes);
+    solution = prepared_.solve(blocks_budget, engines_budget);
   } catch (const SolverInfeasible& e) {
     const double min_latency = e.min_latency_ms + overhead;
-    throw Infeasible(infeasible_message(budget.latency_ms, memory_bytes, min_latency, e.min_memory_bytes),
-                     min_latency, e.min_memory_bytes);
+    const std::int64_t min_memory = e.min_memory_bytes + boundary_bytes_;
+    throw Infeasible(infeasible_message(budget.latency_ms, memory_bytes, min_latency, min_memory), min_latency,
+                     min_memory);
   }
   std::vector<int> out;
   for (std::size_t b = 0; b < solution.choice.size(); ++b) out.push_back(selectable_[b][solution.choice[b]]);
@@ -123,6 +146,7 @@ Totals Selector::totals(const std::vector<int>& choice) const {
     product *= retention(o.accuracy_drop, teacher_accuracy_);
   }
   t.latency_ms = latency + overhead_ms();
+  t.memory_bytes += boundary_bytes_;
   const double acc = teacher_accuracy_ * product;
   t.accuracy = acc < 1.0 ? acc : 1.0;
   return t;

@@ -15,7 +15,7 @@ namespace lc {
 
 struct Totals {
   double latency_ms = 0;  // sum of the options' latencies + teacher.chain_overhead_ms (Selection.latency_ms)
-  std::int64_t memory_bytes = 0;
+  std::int64_t memory_bytes = 0;  // sum of the options' memory + the boundary buffers (Selection.memory_bytes)
   double accuracy = 0;  // T * prod(retention), at most 1 (Selection.accuracy)
 };
 
@@ -43,7 +43,10 @@ class Selector {
 
   // The least achievable totals in end-to-end terms (InfeasibleBudgetError's numbers).
   double min_latency_ms() const;
-  std::int64_t min_memory_bytes() const { return prepared_.min_memory_bytes; }
+  std::int64_t min_memory_bytes() const { return prepared_.min_memory_bytes + boundary_bytes_; }
+
+  // boundary_bytes(manifest): the boundary buffers (float32, profile batch) every selection runs on.
+  std::int64_t boundary_bytes() const { return boundary_bytes_; }
 
  private:
   double overhead_ms() const;  // chain_overhead_ms(manifest): raises when the manifest's value is not a number
@@ -53,6 +56,7 @@ class Selector {
   std::vector<std::vector<int>> selectable_;  // per block: manifest indices of selectable options
   PreparedCosts prepared_;
   std::vector<int> original_;
+  std::int64_t boundary_bytes_ = 0;
 };
 
 double retention(double drop, double teacher_accuracy);

@@ -54,7 +54,7 @@ typedef struct lc_budget {
 
 typedef struct lc_totals {
   double latency_ms;    /* predicted: sum of the options' latencies + the manifest's teacher.chain_overhead_ms */
-  int64_t memory_bytes; /* predicted: sum of the options' memory */
+  int64_t memory_bytes; /* predicted: sum of the options' memory + the boundary buffers (float32, profile batch) */
   double accuracy;      /* predicted: teacher accuracy x prod(retention), the multiplicative model, at most 1 */
 } lc_totals;
 
@@ -99,7 +99,8 @@ LC_API lc_status lc_select_options(lc_runtime* rt, const char* const* variants, 
                                    size_t n, int32_t* choice, lc_totals* totals);
 /* The current selection (before any select or run: the original s0/fp32 one, not loaded yet) and its totals. */
 LC_API lc_status lc_selection(const lc_runtime* rt, int32_t* choice, lc_totals* totals);
-/* The least achievable latency (overhead included) and memory: what an LC_INFEASIBLE message reports. */
+/* The least achievable latency (overhead included) and memory (boundary buffers included): what an LC_INFEASIBLE
+ * message reports. */
 LC_API lc_status lc_min_totals(const lc_runtime* rt, double* latency_ms, int64_t* memory_bytes);
 
 /* Runs the current selection: input is batch x (input shape after the batch axis) float32 values, C order;
