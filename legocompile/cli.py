@@ -202,6 +202,8 @@ def _render_summary(d: dict) -> None:
         c.print(f"accuracy model check over {a['num_selections']} random selections: mean |predicted - measured| = "
                 f"{a['mean_abs_error'] * 100:.2f} pt (LegoDNN's additive model: "
                 f"{a.get('additive_mean_abs_error', float('nan')) * 100:.2f} pt)")
+    if d.get("flat_accuracy"):
+        c.print(f"note: {d['flat_accuracy']}")
 
 
 def cmd_retarget(args) -> None:

@@ -33,7 +33,26 @@ def summary(manifest: Manifest) -> dict:
         "int8": manifest.settings.get("int8"),
         "profile": manifest.settings.get("profile"),
         "retarget": _retarget(manifest),
+        "flat_accuracy": flat_accuracy_note(manifest),
     }
+
+
+def flat_accuracy_note(manifest: Manifest) -> str | None:
+    """Why the frontier trades latency against memory only, when no option changes the metric; else None.
+
+    A newcomer's first frontier would otherwise look broken: with every accuracy drop at zero the optimizer always
+    finds the cheapest selection, fp32 engines are dominated wherever int8 measures the same, and the frontier
+    collapses to a few points."""
+    from legocompile.profile.accuracy import metric_label
+
+    drops = [o.accuracy_drop for b in manifest.blocks for o in b.options if o.excluded is None]
+    if not drops or any(d != 0 for d in drops):
+        return None
+    n = manifest.teacher.get("num_eval")
+    on = f" on its {n} evaluation samples" if n else ""
+    label = metric_label(metric_of(manifest.teacher))
+    return (f"no option changes the model's {label}{on} (every accuracy drop is 0), so the frontier trades latency "
+            "against memory only; evaluate on harder or more data to see what the variants cost in accuracy")
 
 
 def _retarget(manifest: Manifest) -> dict | None:

@@ -216,7 +216,7 @@ def test_pareto_says_why_a_frontier_with_no_accuracy_drop_trades_only_latency_an
     import dataclasses
 
     from legocompile.bundle import read_bundle
-    from legocompile.optimize.pareto import flat_accuracy_note
+    from legocompile.inspect import flat_accuracy_note, summary
 
     m = read_bundle(variant_bundle["path"], verify=False)
 
@@ -233,6 +233,7 @@ def test_pareto_says_why_a_frontier_with_no_accuracy_drop_trades_only_latency_an
     assert flat_accuracy_note(with_drops(lambda i, j: 0.01 if (i, j) == (1, 1) else 0.0)) is None
     drops = [o.accuracy_drop for b in m.blocks for o in b.options if o.excluded is None]
     assert (flat_accuracy_note(m) is None) == any(d != 0 for d in drops)
+    assert summary(with_drops(lambda i, j: 0.0))["flat_accuracy"] == flat  # what build and inspect print
 
 
 class _RoundsAlike(torch.nn.Module):

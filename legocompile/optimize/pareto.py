@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from legocompile.bundle import Manifest
+from legocompile.inspect import flat_accuracy_note
 from legocompile.optimize.frontier import pareto_frontier
 from legocompile.optimize.select import costs_of, make_selection, options_of
 from legocompile.optimize.solver import prepare
@@ -19,24 +20,6 @@ from legocompile.workspace import atomic_produce, atomic_write_json
 def _entry(manifest: Manifest, choice) -> dict:
     sel = make_selection(manifest, options_of(manifest, choice))
     return sel.to_json()["predicted"] | {"selection": [[o.variant, o.precision] for o in sel.options]}
-
-
-def flat_accuracy_note(manifest: Manifest) -> str | None:
-    """Why the frontier trades latency against memory only, when no option changes the metric; else None.
-
-    A newcomer's first frontier would otherwise look broken: with every accuracy drop at zero the optimizer always
-    finds the cheapest selection, fp32 engines are dominated wherever int8 measures the same, and the frontier
-    collapses to a few points."""
-    from legocompile.profile.accuracy import metric_label
-
-    drops = [o.accuracy_drop for b in manifest.blocks for o in b.options if o.excluded is None]
-    if not drops or any(d != 0 for d in drops):
-        return None
-    n = manifest.teacher.get("num_eval")
-    on = f" on its {n} evaluation samples" if n else ""
-    label = metric_label(metric_of(manifest.teacher))
-    return (f"no option changes the model's {label}{on} (every accuracy drop is 0), so the frontier trades latency "
-            "against memory only; evaluate on harder or more data to see what the variants cost in accuracy")
 
 
 def write_pareto(manifest: Manifest, stem: Path, *, points: int = 60) -> dict:
