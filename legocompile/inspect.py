@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from legocompile.bundle import Manifest
-from legocompile.profile.accuracy import metric_of
+from legocompile.profile.accuracy import metric_label, metric_of
 
 OPTION_FIELDS = (
     "variant", "sparsity", "precision", "backend", "params", "latency_ms", "latency_p90_ms", "memory_bytes",
@@ -43,8 +43,6 @@ def flat_accuracy_note(manifest: Manifest) -> str | None:
     A newcomer's first frontier would otherwise look broken: with every accuracy drop at zero the optimizer always
     finds the cheapest selection, fp32 engines are dominated wherever int8 measures the same, and the frontier
     collapses to a few points."""
-    from legocompile.profile.accuracy import metric_label
-
     drops = [o.accuracy_drop for b in manifest.blocks for o in b.options if o.excluded is None]
     if not drops or any(d != 0 for d in drops):
         return None

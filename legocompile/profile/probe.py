@@ -259,9 +259,7 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
                         run()
                 if it >= skip:
                     samples[k][r].append(dt * 1e3)
-        # The whole chain in the same round, so that its overhead over the blocks compares times taken under the
-        # same conditions (timed once after all rounds, a drift of the machine in between came out as overhead:
-        # 0.17 ms on a chain whose interleaved overhead measures 0.00 +- 0.05 ms)
+        # the whole chain in the same round (see "Latency in context" in the module docstring)
         for it in range(skip + 2 * per_round):
             if gap and it >= skip:
                 sleep(gap)
@@ -270,13 +268,12 @@ def _latency_in_context(be, engines: list[dict], job: dict) -> dict:
             dt = clock() - t0
             if it >= skip:
                 chain_ms[r].append(dt * 1e3)
-    stats = []
-    for per_engine in samples:
-        a = np.asarray([v for round_ in per_engine for v in round_])
-        stats.append(LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), len(a), warmup).to_json())
-    all_chain = np.asarray([v for round_ in chain_ms for v in round_])
-    chain = LatencyStats(float(np.median(all_chain)), float(np.percentile(all_chain, 90)), len(all_chain),
-                         warmup).to_json()
+    def pooled(rounds_ms: list[list[float]]) -> dict:  # median and p90 over every round's samples
+        a = np.asarray([v for round_ in rounds_ms for v in round_])
+        return LatencyStats(float(np.median(a)), float(np.percentile(a, 90)), len(a), warmup).to_json()
+
+    stats = [pooled(per_engine) for per_engine in samples]
+    chain = pooled(chain_ms)
     # per round: the chain's median minus the sum of its blocks' medians; the overhead is the median over rounds
     per_round_overhead = [float(np.median(chain_ms[r])) - sum(float(np.median(samples[k][r])) for k in base)
                           for r in range(rounds)]

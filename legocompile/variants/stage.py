@@ -203,13 +203,10 @@ def _same_widths(ws: Workspace, chain, derived_keys: dict, multiple: int, report
     variant is left out, and the build report and ``settings.pruning`` say which one stands for it."""
     import json
 
-    from legocompile.variants.store import variant_paths
-
     seen: dict[int, dict[str, str]] = {}  # block -> architecture -> variant name
     same: dict[tuple[int, float], str] = {}
     for (i, s), dk in sorted(derived_keys.items()):
-        stem = ws.path("derived", dk, "")
-        doc = json.loads(variant_paths(stem)[1].read_text())
+        doc = _read_doc(ws.path("derived", dk, ""))
         prune = doc.get("meta", {}).get("prune", {})
         if prune.get("params_after") == prune.get("params_before"):
             first = "s0"  # nothing pruned: the original itself
@@ -238,17 +235,18 @@ def _report_unprunable(ws: Workspace, chain, derived_keys: dict, report) -> None
             report.unprunable.append(note)
 
 
-def _read_meta(stem: Path) -> dict:
+def _read_doc(stem: Path) -> dict:
+    """A stored variant's JSON description: ``architecture`` and ``meta``."""
     import json
 
     from legocompile.variants.store import variant_paths
 
-    return json.loads(variant_paths(stem)[1].read_text()).get("meta", {})
+    return json.loads(variant_paths(stem)[1].read_text())
+
+
+def _read_meta(stem: Path) -> dict:
+    return _read_doc(stem).get("meta", {})
 
 
 def _read_architecture(stem: Path) -> dict:
-    import json
-
-    from legocompile.variants.store import variant_paths
-
-    return json.loads(variant_paths(stem)[1].read_text())["architecture"]
+    return _read_doc(stem)["architecture"]
